@@ -1,0 +1,132 @@
+"""The one Settings object: defaults < `llmos.toml` in the data dir < `LLMOS_*` env < CLI flags.
+
+Subsystems receive their own section in their constructor; nothing below `cli/` and `api/` reads
+the environment, so a test can build many kernels with different settings in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """`$LLMOS_HOME`, else `$XDG_DATA_HOME/llmos`, else `~/.local/share/llmos`."""
+    if home := os.environ.get("LLMOS_HOME"):
+        return Path(home).expanduser()
+    if xdg := os.environ.get("XDG_DATA_HOME"):
+        return Path(xdg).expanduser() / "llmos"
+    return Path.home() / ".local" / "share" / "llmos"
+
+
+class KernelConfig(BaseModel):
+    """The engine tick and its scheduler."""
+
+    max_num_batched_tokens: int = Field(
+        512, ge=16, description="Token budget per tick: decode tokens plus prefill-chunk tokens."
+    )
+    max_num_seqs: int = Field(64, ge=1, description="Most processes running in one tick.")
+    max_model_len: int = Field(
+        2048, ge=16, description="Longest context (prompt + output) a process may have."
+    )
+    num_threads: int = Field(
+        0, ge=0, description="Torch compute threads; 0 = one per core (one pool per process)."
+    )
+    seed: int = Field(0, description="Seed for processes that do not bring their own.")
+    device: str = Field("cpu", description="Torch device for models and the KV pool (cpu, cuda).")
+
+
+class MemoryConfig(BaseModel):
+    """The paged KV cache (virtual memory) and its swap area."""
+
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV block.")
+    kv_cache_bytes: int = Field(
+        1 << 30, ge=1 << 16, description="Bytes of KV cache preallocated for the pool."
+    )
+    swap_bytes: int = Field(
+        1 << 30, ge=0, description="Bytes of host memory for swapped-out blocks; 0 = recompute."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks across shared prefixes.")
+
+
+class StorageConfig(BaseModel):
+    """Where llmos keeps its data."""
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="The data directory.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
+    )
+
+
+class ApiConfig(BaseModel):
+    """The HTTP server."""
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body (413 above).")
+    max_queue: int = Field(256, ge=1, description="Most waiting processes before 503.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight work on SIGTERM.")
+    model: str = Field("smollm2", description="Model to serve (registry name, path or default).")
+
+
+class SecurityConfig(BaseModel):
+    """Authentication and authorization."""
+
+    auth: Literal["keys", "none"] = Field("keys", description="API key auth, or none (loopback).")
+
+
+class MonitorConfig(BaseModel):
+    """Logging and metrics."""
+
+    log_level: str = Field("INFO", description="Log level for the llmos logger.")
+    log_json: bool = Field(False, description="Write logs as JSON lines.")
+
+
+class ClusterConfig(BaseModel):
+    """Multi-node mode (Ray)."""
+
+    address: str | None = Field(None, description="ray://host:port of a cluster, or none.")
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads `llmos.toml` from the data dir (lowest precedence above the defaults)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = default_data_dir() / "llmos.toml"
+        if not path.is_file():
+            return {}
+        with path.open("rb") as f:
+            return tomllib.load(f)
+
+
+class Settings(BaseSettings):
+    """Every setting llmos has, grouped by subsystem."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOS_", env_nested_delimiter="__")
+
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))

@@ -1,0 +1,112 @@
+"""The LlmosError tree: every error a user can cause or meet, each with a code and HTTP status.
+
+The API turns these into OpenAI-style error JSON; the CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+
+class LlmosError(Exception):
+    """Base of every error llmos reports to a user."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+    error_type: str = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        hint: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.hint = hint
+        self.param = param
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class InvalidRequest(LlmosError):
+    status_code = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthenticated(LlmosError):
+    status_code = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+class PermissionDenied(LlmosError):
+    status_code = 403
+    code = "permission_denied"
+    error_type = "permission_error"
+
+
+class NotFound(LlmosError):
+    status_code = 404
+    code = "not_found"
+    error_type = "not_found_error"
+
+
+class Conflict(LlmosError):
+    status_code = 409
+    code = "conflict"
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(LlmosError):
+    status_code = 413
+    code = "payload_too_large"
+    error_type = "invalid_request_error"
+
+
+class QuotaExceeded(LlmosError):
+    status_code = 429
+    code = "insufficient_quota"
+    error_type = "insufficient_quota"
+
+
+class RateLimited(LlmosError):
+    status_code = 429
+    code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+
+
+class ModelNotResident(LlmosError):
+    status_code = 503
+    code = "model_not_resident"
+    error_type = "server_error"
+
+
+class Overloaded(LlmosError):
+    status_code = 503
+    code = "overloaded"
+    error_type = "server_error"
+
+
+class ModelLoadError(LlmosError):
+    """A model file or folder could not be read (missing, corrupt, unsupported)."""
+
+    status_code = 400
+    code = "model_load_error"
+    error_type = "invalid_request_error"
+
+
+class KernelDead(LlmosError):
+    """The engine loop crashed; the server must restart it."""
+
+    status_code = 503
+    code = "kernel_dead"
+    error_type = "server_error"
