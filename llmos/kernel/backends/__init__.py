@@ -1,0 +1,1 @@
+"""Device backends: where the KV cache lives and how attention reads it."""

@@ -1,0 +1,248 @@
+"""The engine: one tick = schedule -> run -> sample -> update -> emit output deltas.
+
+`submit`, `kill` and `renice` may be called from any thread: they go through an inbox that the
+tick drains first. `step` runs on one thread only (the driver). Invariant: every process that
+enters the kernel leaves it through exactly one finished ProcessOutput.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+import torch
+
+from llmos.config import KernelConfig, MemoryConfig, Settings
+from llmos.errors import ContextTooLong, InvalidRequest
+from llmos.kernel.backends.cpu import KVCache
+from llmos.kernel.memory import BlockPool
+from llmos.kernel.outputs import EngineStats, ProcessOutput
+from llmos.kernel.params import SamplingParams
+from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
+from llmos.kernel.runner import ModelRunner
+from llmos.kernel.sampler import Sampler
+from llmos.kernel.scheduler import Scheduler
+from llmos.kernel.stops import OutputTracker
+from llmos.kernel.swap import SwapSpace
+from llmos.models.registry import CausalLM, build_model
+
+logger = logging.getLogger(__name__)
+
+
+def set_compute_threads(num_threads: int) -> None:
+    """One compute pool per process, one thread per core (0 = all cores)."""
+    import os
+
+    n = num_threads or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+class Engine:
+    """A kernel running one resident model: process table, scheduler, KV pool, runner."""
+
+    def __init__(self, model: CausalLM, tokenizer: Any, *, model_name: str = "model",
+                 chat_template: str | None = None, kernel: KernelConfig | None = None,
+                 memory: MemoryConfig | None = None) -> None:
+        self.kernel_config = kernel = kernel or KernelConfig()
+        self.memory_config = memory = memory or MemoryConfig()
+        set_compute_threads(kernel.num_threads)
+        c = model.config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.chat_template = chat_template
+        self.max_model_len = min(kernel.max_model_len, c.max_position_embeddings)
+        block_bytes = KVCache.bytes_per_block(c.num_layers, memory.block_size, c.num_kv_heads,
+                                              c.head_dim)
+        num_blocks = max(1, memory.kv_cache_bytes // block_bytes)
+        num_swap = memory.swap_bytes // block_bytes
+        self.kv = KVCache(c.num_layers, num_blocks, memory.block_size, c.num_kv_heads,
+                          c.head_dim, num_swap_slots=num_swap, device=kernel.device)
+        self.pool = BlockPool(num_blocks, memory.block_size,
+                              enable_prefix_caching=memory.enable_prefix_caching)
+        self.swap = SwapSpace(num_swap)
+        self.scheduler = Scheduler(self.pool, self.swap,
+                                   max_num_batched_tokens=kernel.max_num_batched_tokens,
+                                   max_num_seqs=kernel.max_num_seqs)
+        self.runner = ModelRunner(model, self.kv, device=kernel.device)
+        eos = list(getattr(tokenizer, "eos_token_ids", None) or c.eos_token_ids)
+        self.eos_token_ids = eos
+        self.sampler = Sampler(c.vocab_size, eos, seed=kernel.seed)
+        self.table = ProcessTable()
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._trackers: dict[int, OutputTracker] = {}
+        self._counters = collections.Counter[str]()
+        self._lock = threading.Lock()
+        logger.info("model %s resident: %d KV blocks of %d tokens (%.0f MiB), %d swap blocks",
+                    model_name, num_blocks, memory.block_size,
+                    num_blocks * block_bytes / 2**20, num_swap)
+
+    @classmethod
+    def from_model(cls, ref: str | None = None, settings: Settings | None = None) -> Engine:
+        """Load a model (path, HF folder or default name) and build a kernel around it."""
+        from llmos.models.loader import load_model_files
+
+        settings = settings or Settings()
+        set_compute_threads(settings.kernel.num_threads)
+        files = load_model_files(ref)
+        model = build_model(files.config, files.weights, settings.kernel.device)
+        return cls(model, files.tokenizer, model_name=files.name,
+                   chat_template=files.chat_template, kernel=settings.kernel,
+                   memory=settings.memory)
+
+    # ---- system calls (any thread) -------------------------------------------------------
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, *,
+               owner: str = "local", priority: Priority = Priority.NORMAL) -> int:
+        """Validate and queue a new process; returns its pid. Raises on bad input."""
+        vocab = self.model.config.vocab_size
+        if not prompt_token_ids:
+            raise InvalidRequest("The prompt is empty.", param="prompt")
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
+            raise InvalidRequest(f"Prompt token ids must be in 0..{vocab - 1}.", param="prompt")
+        params.validate(vocab)
+        n_prompt = len(prompt_token_ids)
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = self.max_model_len - n_prompt
+        if n_prompt + max_tokens > self.max_model_len or max_tokens < 1:
+            raise ContextTooLong(
+                f"This model's maximum context length is {self.max_model_len} tokens; the "
+                f"request has {n_prompt} prompt tokens and asks for {max_tokens} more.",
+                param="max_tokens", hint="shorten the prompt or lower max_tokens")
+        num_blocks = self.scheduler.blocks_for(n_prompt + max_tokens)
+        if num_blocks > self.pool.num_blocks:
+            raise ContextTooLong(
+                f"The request needs {num_blocks} KV blocks but the whole pool has "
+                f"{self.pool.num_blocks}.", param="max_tokens",
+                hint="lower max_tokens or raise memory.kv_cache_bytes")
+        pid = self.table.new_pid()
+        proc = Process(pid, list(prompt_token_ids), params, owner=owner,
+                       model=self.model_name, priority=priority)
+        self.table.add(proc)
+        self._inbox.append(("submit", proc))
+        return pid
+
+    def kill(self, pid: int) -> bool:
+        proc = self.table.get(pid)
+        if proc is None or proc.state.is_terminal:
+            return False
+        self._inbox.append(("kill", pid))
+        return True
+
+    def renice(self, pid: int, priority: Priority) -> bool:
+        proc = self.table.get(pid)
+        if proc is None or proc.state.is_terminal:
+            return False
+        self._inbox.append(("renice", (pid, priority)))
+        return True
+
+    def processes(self) -> list[ProcessInfo]:
+        return self.table.snapshot()
+
+    def has_work(self) -> bool:
+        return bool(self._inbox) or self.scheduler.num_unfinished > 0
+
+    # ---- the tick (driver thread only) ---------------------------------------------------
+    def step(self) -> list[ProcessOutput]:
+        """Run one tick and return what each process produced in it."""
+        with self._lock:
+            outputs = self._drain_inbox()
+            batch = self.scheduler.schedule()
+            if batch.items:
+                logits, sampled = self.runner.run(batch)
+                for item in batch.items:
+                    proc = item.proc
+                    prompt_left = max(0, proc.num_prompt_tokens - proc.num_computed_tokens)
+                    self._counters["prompt_tokens"] += min(prompt_left, item.num_new_tokens)
+                    self.scheduler.on_computed(item)
+                    if proc.first_scheduled_s is None:
+                        proc.first_scheduled_s = time.time()
+                if sampled:
+                    result = self.sampler.sample(logits, [i.proc for i in sampled])
+                    for item, tok, lp in zip(sampled, result.token_ids, result.logprobs, strict=True):
+                        outputs.append(self._append_token(item.proc, tok, lp))
+            self._counters["ticks"] += 1
+            return outputs
+
+    def _drain_inbox(self) -> list[ProcessOutput]:
+        outputs: list[ProcessOutput] = []
+        while self._inbox:
+            op, arg = self._inbox.popleft()
+            if op == "submit":
+                self._trackers[arg.pid] = OutputTracker(self.tokenizer, arg.params)
+                self.scheduler.add(arg)
+            elif op == "kill":
+                proc = self.table.get(arg)
+                if proc is not None and not proc.state.is_terminal:
+                    outputs.append(self._finish(proc, ProcessState.KILLED, ProcessOutput(arg, [], "")))
+            elif op == "renice":
+                proc = self.table.get(arg[0])
+                if proc is not None:
+                    proc.priority = arg[1]
+        return outputs
+
+    def _append_token(self, proc: Process, token_id: int,
+                      logprobs: dict[int, float] | None) -> ProcessOutput:
+        proc.token_ids.append(token_id)
+        now = time.time()
+        if proc.first_token_s is None:
+            proc.first_token_s = now
+        self._counters["generated_tokens"] += 1
+        tracker = self._trackers[proc.pid]
+        text, stop_state = tracker.push(proc, token_id, self.eos_token_ids, self.max_model_len)
+        out = ProcessOutput(proc.pid, [token_id], text,
+                            logprobs=[logprobs] if logprobs is not None else None)
+        if stop_state is not None:
+            out.new_text += tracker.flush()
+            return self._finish(proc, stop_state, out)
+        return self._fill(proc, out)
+
+    def _finish(self, proc: Process, state: ProcessState, out: ProcessOutput) -> ProcessOutput:
+        self.scheduler.finish(proc, state)
+        proc.finished_s = time.time()
+        self.sampler.forget(proc.pid)
+        self._trackers.pop(proc.pid, None)
+        self.table.remove(proc.pid)
+        self._counters["finished"] += 1
+        self._counters[f"finished_{state.value}"] += 1
+        out.finished = True
+        out.finish_reason = state.finish_reason
+        return self._fill(proc, out)
+
+    @staticmethod
+    def _fill(proc: Process, out: ProcessOutput) -> ProcessOutput:
+        out.num_prompt_tokens = proc.num_prompt_tokens
+        out.num_cached_tokens = proc.num_cached_tokens
+        out.num_output_tokens = proc.num_output_tokens
+        return out
+
+    # ---- observation ---------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        pool = self.pool.stats()
+        s = self.scheduler
+        return EngineStats(
+            model=self.model_name,
+            kv_blocks_total=pool.num_total,
+            kv_blocks_used=pool.num_used,
+            kv_blocks_cached=pool.num_cached,
+            kv_blocks_free=pool.num_free,
+            kv_block_size=self.pool.block_size,
+            swap_blocks_total=self.swap.num_slots,
+            swap_blocks_used=self.swap.num_used,
+            prefix_cache_hits=pool.num_hits,
+            prefix_cache_misses=pool.num_misses,
+            num_running=len(s.running),
+            num_waiting=len(s.waiting) + sum(1 for op, _ in list(self._inbox) if op == "submit"),
+            num_preempted=len(s.swapped) + sum(1 for p in s.waiting if p.num_preemptions),
+            num_preemptions=s.num_preemptions,
+            num_swap_outs=s.num_swap_outs,
+            num_recomputes=s.num_recomputes,
+            num_prompt_tokens=self._counters["prompt_tokens"],
+            num_generated_tokens=self._counters["generated_tokens"],
+            num_finished=self._counters["finished"],
+            num_ticks=self._counters["ticks"],
+        )

@@ -1,0 +1,238 @@
+"""The scheduler: which processes run this tick, how many tokens each, and who gets preempted.
+
+Invariants: the tokens scheduled in one tick never exceed the token budget; a process is in at
+most one of waiting / running / swapped; every running process's block table covers the tokens
+it has computed plus the tokens scheduled for it this tick; a process that ends has no blocks
+and no swap slots.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from llmos.kernel.memory import BlockPool
+from llmos.kernel.policy import POLICIES
+from llmos.kernel.process import Process, ProcessState
+from llmos.kernel.swap import SwapSpace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ScheduledProcess:
+    proc: Process
+    num_new_tokens: int
+    needs_logits: bool  # the chunk ends at the process's last token: sample after it
+
+
+@dataclass(slots=True)
+class Batch:
+    """The scheduler's answer for one tick (plain data for the runner)."""
+
+    items: list[ScheduledProcess] = field(default_factory=list)
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (pool block, swap slot)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (swap slot, pool block)
+    preempted: list[Process] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(item.num_new_tokens for item in self.items)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: BlockPool,
+        swap: SwapSpace,
+        *,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        policy: str = "priority",
+    ) -> None:
+        self.pool = pool
+        self.swap = swap
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.key = POLICIES[policy]
+        self.waiting: list[Process] = []
+        self.running: list[Process] = []
+        self.swapped: list[Process] = []
+        self._swap_slots: dict[int, list[int]] = {}
+        self._block_hashes: dict[int, list[bytes]] = {}  # chained hashes of full blocks
+        self._num_registered: dict[int, int] = {}  # leading blocks already published
+        self._seq_no = 0
+        self.watermark_blocks = max(1, pool.num_blocks // 100)
+        self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.num_recomputes = 0
+
+    # ---- process lifecycle ---------------------------------------------------------------
+    def add(self, proc: Process) -> None:
+        self._seq_no += 1
+        proc.seq_no = self._seq_no
+        proc.state = ProcessState.WAITING
+        self.waiting.append(proc)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.pool.block_size)
+
+    def finish(self, proc: Process, state: ProcessState) -> None:
+        """End a process in any queue and give back all its memory."""
+        for queue in (self.waiting, self.running, self.swapped):
+            if proc in queue:
+                queue.remove(proc)
+        self.pool.free(proc.block_table)
+        proc.block_table = []
+        self.swap.free(self._swap_slots.pop(proc.pid, []))
+        self._block_hashes.pop(proc.pid, None)
+        self._num_registered.pop(proc.pid, None)
+        proc.is_swapped = False
+        proc.state = state
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running) + len(self.swapped)
+
+    # ---- one tick ------------------------------------------------------------------------
+    def schedule(self) -> Batch:
+        batch = Batch()
+        self._preempt_for_priority(batch)
+        budget = self._schedule_running(batch, self.max_num_batched_tokens)
+        if not batch.preempted:
+            budget = self._schedule_swapped(batch, budget)
+            self._schedule_waiting(batch, budget)
+        assert batch.num_tokens <= self.max_num_batched_tokens
+        return batch
+
+    def _schedule_running(self, batch: Batch, budget: int) -> int:
+        queue = sorted(self.running, key=self.key)
+        while queue and budget > 0:
+            proc = queue.pop(0)
+            n = self._chunk(proc, budget)
+            need = self.blocks_for(proc.num_computed_tokens + n) - len(proc.block_table)
+            while not self.pool.can_allocate(need):
+                victim = queue.pop() if queue else proc
+                self._preempt(victim, batch)
+                if victim is proc:
+                    break
+            if proc.state is not ProcessState.RUNNING:
+                continue
+            proc.block_table.extend(self.pool.allocate(need))
+            budget -= self._add(batch, proc, n)
+        return budget
+
+    def _schedule_swapped(self, batch: Batch, budget: int) -> int:
+        for proc in sorted(self.swapped, key=self.key):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
+            slots = self._swap_slots[proc.pid]
+            n = self._chunk(proc, budget)
+            need = self.blocks_for(proc.num_computed_tokens + n)
+            if not self.pool.can_allocate(need + self.watermark_blocks):
+                break
+            blocks = self.pool.allocate(need)
+            batch.swap_in.extend(zip(slots, blocks, strict=False))
+            self.swap.free(self._swap_slots.pop(proc.pid))
+            proc.block_table = blocks
+            proc.is_swapped = False
+            self.swapped.remove(proc)
+            self._run(proc)
+            budget -= self._add(batch, proc, n)
+        return budget
+
+    def _schedule_waiting(self, batch: Batch, budget: int) -> None:
+        for proc in sorted(self.waiting, key=self.key):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
+            if not self._admit(proc, budget, batch):
+                break  # strict order: a big process is not overtaken forever by small ones
+            budget -= batch.items[-1].num_new_tokens
+
+    def _admit(self, proc: Process, budget: int, batch: Batch) -> bool:
+        is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
+        cached = self.pool.find_cached_prefix(proc.token_ids)
+        num_cached_tokens = len(cached) * self.pool.block_size
+        n = min(proc.num_tokens - num_cached_tokens, budget)
+        need = self.blocks_for(num_cached_tokens + n) - len(cached)
+        num_cached_evictable = sum(1 for b in cached if self.pool.ref_count(b) == 0)
+        if not self.pool.can_allocate(need + num_cached_evictable + self.watermark_blocks):
+            return False
+        self.pool.share(cached)
+        proc.block_table = cached + self.pool.allocate(need)
+        proc.num_computed_tokens = num_cached_tokens
+        if is_first:
+            proc.num_cached_tokens = num_cached_tokens
+            full_blocks = (proc.num_prompt_tokens - 1) // self.pool.block_size
+            self.pool.record_lookup(len(cached), full_blocks - len(cached))
+        self.waiting.remove(proc)
+        self._run(proc)
+        self._add(batch, proc, n)
+        return True
+
+    def _preempt_for_priority(self, batch: Batch) -> None:
+        """Preempt lower-class running processes when a higher-class one cannot be admitted."""
+        if not self.waiting or not self.running:
+            return
+        best = min(self.waiting, key=self.key)
+        need = self.blocks_for(min(best.num_tokens, self.max_num_batched_tokens))
+        need += self.watermark_blocks
+        victims = sorted(
+            (p for p in self.running if p.priority > best.priority), key=self.key, reverse=True
+        )
+        while victims and not self.pool.can_allocate(need):
+            self._preempt(victims.pop(0), batch)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _chunk(self, proc: Process, budget: int) -> int:
+        return min(proc.num_tokens - proc.num_computed_tokens, budget)
+
+    def _run(self, proc: Process) -> None:
+        proc.state = ProcessState.RUNNING
+        self.running.append(proc)
+
+    def _add(self, batch: Batch, proc: Process, n: int) -> int:
+        assert n >= 1
+        needs_logits = proc.num_computed_tokens + n == proc.num_tokens
+        batch.items.append(ScheduledProcess(proc, n, needs_logits))
+        return n
+
+    def _preempt(self, proc: Process, batch: Batch) -> None:
+        """Swap the victim out if the swap area has room, else free its blocks to recompute."""
+        self.running.remove(proc)
+        proc.num_preemptions += 1
+        self.num_preemptions += 1
+        batch.preempted.append(proc)
+        proc.state = ProcessState.PREEMPTED
+        num_blocks = self.blocks_for(proc.num_computed_tokens)
+        if num_blocks and self.swap.can_allocate(num_blocks):
+            slots = self.swap.allocate(num_blocks)
+            batch.swap_out.extend(zip(proc.block_table[:num_blocks], slots, strict=True))
+            self._swap_slots[proc.pid] = slots
+            proc.is_swapped = True
+            self.swapped.append(proc)
+            self.num_swap_outs += 1
+        else:
+            proc.num_computed_tokens = 0
+            self.waiting.append(proc)
+            self.num_recomputes += 1
+        self.pool.free(proc.block_table)
+        proc.block_table = []
+        self._num_registered.pop(proc.pid, None)
+        logger.debug("preempted pid=%d swapped=%s", proc.pid, proc.is_swapped)
+
+    # ---- after the forward pass ----------------------------------------------------------
+    def on_computed(self, item: ScheduledProcess) -> None:
+        """Advance a process past its scheduled tokens and publish its newly full blocks."""
+        proc = item.proc
+        proc.num_computed_tokens += item.num_new_tokens
+        if not self.pool.enable_prefix_caching:
+            return
+        hashes = self._block_hashes.setdefault(proc.pid, [])
+        full = proc.num_computed_tokens // self.pool.block_size
+        start = self._num_registered.get(proc.pid, 0)
+        if len(hashes) < full:
+            self.pool.extend_hashes(hashes, proc.token_ids, full)
+        for i in range(start, full):
+            self.pool.register(proc.block_table[i], hashes[i])
+        self._num_registered[proc.pid] = full
