@@ -1,0 +1,1 @@
+"""Observability: the metrics registry, health and readiness, and the live `top` view."""

@@ -1,0 +1,181 @@
+"""The metrics registry every subsystem reports into, rendered as Prometheus text at `/metrics`.
+
+Each `Metrics` owns its own `CollectorRegistry`, so a test can build many servers in one process.
+Event-driven series (tokens, latencies, outcomes) are pushed by the engine driver; point-in-time
+series (queue depth, KV blocks, preemptions) are pulled from a snapshot callback at scrape time.
+All names carry the `llmos:` prefix and a `model_name` label, following vLLM's shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+TTFT_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+E2E_BUCKETS_S = (
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+)
+
+# Snapshot keys the scrape-time collector understands: key -> (metric name, kind, help text).
+_SNAPSHOT_SERIES: dict[str, tuple[str, str, str]] = {
+    "num_running": ("llmos:num_processes_running", "gauge", "Processes running in the kernel."),
+    "num_waiting": ("llmos:num_processes_waiting", "gauge", "Processes waiting to be scheduled."),
+    "num_preempted": ("llmos:num_processes_preempted", "gauge", "Processes preempted right now."),
+    "kv_cache_usage_perc": ("llmos:kv_cache_usage_perc", "gauge", "KV blocks in use (0-1)."),
+    "kv_blocks_used": ("llmos:kv_blocks_used", "gauge", "KV blocks held by live processes."),
+    "kv_blocks_cached": ("llmos:kv_blocks_cached", "gauge", "Free KV blocks kept for reuse."),
+    "kv_blocks_total": ("llmos:kv_blocks_total", "gauge", "KV blocks in the pool."),
+    "kernel_alive": ("llmos:kernel_alive", "gauge", "1 while the engine loop is ticking."),
+    "num_preemptions": ("llmos:num_preemptions", "counter", "Preemptions since start."),
+    "prefix_cache_hits": ("llmos:prefix_cache_hits", "counter", "Prompt blocks found cached."),
+    "prefix_cache_queries": ("llmos:prefix_cache_queries", "counter", "Prompt blocks looked up."),
+    "num_ticks": ("llmos:engine_ticks", "counter", "Engine ticks since start."),
+}
+
+
+class _SnapshotCollector(Collector):
+    """Turns a dict snapshot from the kernel into gauges and counters at scrape time."""
+
+    def __init__(self, model_name: str, source: Callable[[], Mapping[str, float]]) -> None:
+        self._model_name = model_name
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._source()
+        for key, (name, kind, doc) in _SNAPSHOT_SERIES.items():
+            if key not in snapshot:
+                continue
+            family: GaugeMetricFamily | CounterMetricFamily
+            if kind == "gauge":
+                family = GaugeMetricFamily(name, doc, labels=["model_name"])
+            else:
+                family = CounterMetricFamily(name, doc, labels=["model_name"])
+            family.add_metric([self._model_name], float(snapshot[key]))
+            yield family
+
+
+class Metrics:
+    """One server's metrics. Thread-safe: the engine driver thread and the API both write."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model_name"]
+        r = self.registry
+        self.prompt_tokens = Counter(
+            "llmos:prompt_tokens", "Prompt tokens of admitted processes.", labels, registry=r
+        ).labels(model_name)
+        self.generation_tokens = Counter(
+            "llmos:generation_tokens", "Tokens generated.", labels, registry=r
+        ).labels(model_name)
+        self.cached_prompt_tokens = Counter(
+            "llmos:cached_prompt_tokens",
+            "Prompt tokens served from the prefix cache.",
+            labels,
+            registry=r,
+        ).labels(model_name)
+        self.ttft_s = Histogram(
+            "llmos:time_to_first_token_seconds",
+            "Submission to first output token.",
+            labels,
+            buckets=TTFT_BUCKETS_S,
+            registry=r,
+        ).labels(model_name)
+        self.itl_s = Histogram(
+            "llmos:inter_token_latency_seconds",
+            "Time between output tokens of one process.",
+            labels,
+            buckets=ITL_BUCKETS_S,
+            registry=r,
+        ).labels(model_name)
+        self.e2e_s = Histogram(
+            "llmos:e2e_request_latency_seconds",
+            "Submission to last output token.",
+            labels,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        ).labels(model_name)
+        self._finished = Counter(
+            "llmos:process_finished",
+            "Processes ended, by finish reason (stop, length, killed, error).",
+            ["model_name", "finish_reason"],
+            registry=r,
+        )
+        self._rejected = Counter(
+            "llmos:admission_rejected",
+            "Requests refused at the door, by reason.",
+            ["model_name", "reason"],
+            registry=r,
+        )
+
+    def add_snapshot_source(self, source: Callable[[], Mapping[str, float]]) -> None:
+        """Register the kernel's scrape-time snapshot (queue depth, KV blocks, preemptions)."""
+        self.registry.register(_SnapshotCollector(self.model_name, source))
+
+    def process_finished(self, finish_reason: str) -> None:
+        self._finished.labels(self.model_name, finish_reason).inc()
+
+    def admission_rejected(self, reason: str) -> None:
+        self._rejected.labels(self.model_name, reason).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series."""
+        return generate_latest(self.registry)
