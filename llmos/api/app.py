@@ -1,0 +1,82 @@
+"""The FastAPI application: routers, error handlers, body limit, and the engine loop's lifetime.
+
+`create_app(engine, settings)` is all a server or a test needs; the engine loop starts with the
+app's lifespan and stops (killing what is still live) when the app shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import llmos
+from llmos.api.deps import ServerContext
+from llmos.api.errors import register_error_handlers
+from llmos.api.middleware import BodyLimitMiddleware
+from llmos.api.openai import chat, completions, models, tokenizer
+from llmos.api.os import probes, processes, stats
+from llmos.config import Settings
+from llmos.kernel.loop import EngineLike, EngineLoop
+from llmos.monitor.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+ROUTERS = (
+    chat.router,
+    completions.router,
+    models.router,
+    tokenizer.router,
+    processes.router,
+    stats.router,
+    probes.router,
+)
+
+
+def create_app(
+    engine: Any, settings: Settings | None = None, *, aliases: Iterable[str] = ()
+) -> FastAPI:
+    """An app serving `engine` (an `llmos.kernel.engine.Engine`) under `settings`."""
+    settings = settings or Settings()
+    ctx = build_context(engine, settings, aliases=aliases)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.loop.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(ctx.loop.stop)
+
+    app = FastAPI(
+        title="llmos",
+        version=llmos.__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="OpenAI-compatible API and the llmos OS admin API.",
+    )
+    app.state.llmos = ctx
+    register_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    return app
+
+
+def build_context(
+    engine: EngineLike, settings: Settings, *, aliases: Iterable[str] = ()
+) -> ServerContext:
+    metrics = Metrics(engine.model_name)
+    loop = EngineLoop(
+        engine,
+        max_running=settings.kernel.max_num_seqs,
+        max_waiting=settings.api.max_queue,
+        metrics=metrics,
+    )
+    names = {a for a in aliases if a} | {settings.api.model}
+    return ServerContext(loop=loop, settings=settings, metrics=metrics, aliases=names)

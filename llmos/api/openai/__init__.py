@@ -1,0 +1,1 @@
+"""The OpenAI-compatible routes (`/v1/...`) and vLLM's tokenizer routes."""

@@ -1,0 +1,278 @@
+"""What chat and legacy completions share: request -> SamplingParams, submission, collection of a
+group of processes (one per choice), usage, logprob text, and the SSE wire format.
+
+A client that disconnects has its processes killed: non-streaming requests watch the socket while
+they wait; streaming responses kill in a `finally` that runs however the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from llmos.api.deps import ServerContext
+from llmos.api.openai.schemas import SamplingFields
+from llmos.errors import ContextTooLong, InvalidRequest, LlmosError
+from llmos.kernel.loop import OutputStream
+from llmos.kernel.outputs import ProcessOutput
+from llmos.kernel.params import SamplingParams
+from llmos.kernel.process import Priority
+
+T = TypeVar("T")
+SYSTEM_FINGERPRINT = "llmos-0.1.0"
+# A token is rarely longer than this many characters; text longer than max_model_len times it
+# cannot fit and is refused before the (possibly slow) tokenizer sees it.
+MAX_CHARS_PER_TOKEN = 64
+OFF_LOOP_CHARS = 16_384
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ProcessKilled(LlmosError):
+    """The process behind a request was killed (`llmos kill`, DELETE /os/processes/{pid})."""
+
+    status_code = 503
+    code = "process_killed"
+    error_type = "process_killed"
+
+
+class ProcessFailed(LlmosError):
+    status_code = 500
+    code = "process_failed"
+    error_type = "server_error"
+
+
+@dataclass(slots=True)
+class Choice:
+    """Everything one process (one choice) produced, accumulated from its deltas."""
+
+    index: int
+    prompt_idx: int = 0
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+
+    def add(self, out: ProcessOutput) -> None:
+        self.text += out.new_text
+        self.token_ids += out.new_token_ids
+        if out.logprobs:
+            self.logprobs += out.logprobs
+        self.num_prompt_tokens = out.num_prompt_tokens or self.num_prompt_tokens
+        self.num_cached_tokens = out.num_cached_tokens or self.num_cached_tokens
+        self.num_output_tokens = out.num_output_tokens or len(self.token_ids)
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.error = out.error
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def parse_priority(value: str | int | None) -> Priority:
+    return Priority.NORMAL if value is None else Priority.parse(value)
+
+
+def sampling_params(
+    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, choice_idx: int
+) -> SamplingParams:
+    """SamplingParams for one choice; choice i > 0 gets seed + i so choices differ."""
+    bias = None
+    if req.logit_bias:
+        try:
+            bias = {int(k): v for k, v in req.logit_bias.items()}
+        except ValueError:
+            raise InvalidRequest(
+                "Invalid value for 'logit_bias': keys must be token ids (integers as strings).",
+                param="logit_bias",
+            ) from None
+    seed = None if req.seed is None else req.seed + choice_idx
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=bias,
+        seed=seed,
+        stop=req.stop_list,
+        stop_token_ids=list(req.stop_token_ids or []),
+        ignore_eos=bool(req.ignore_eos),
+        logprobs=logprobs,
+        min_tokens=req.min_tokens or 0,
+    )
+    return params
+
+
+def precheck_length(ctx: ServerContext, num_chars: int) -> None:
+    """Refuse text that cannot possibly fit the context, without tokenizing it."""
+    max_len = ctx.engine.max_model_len
+    if num_chars > max_len * MAX_CHARS_PER_TOKEN:
+        raise ContextTooLong(
+            f"This model's maximum context length is {max_len} tokens; the prompt has "
+            f"{num_chars} characters, far more than fits.",
+            param="messages",
+            hint="shorten the prompt",
+        )
+
+
+async def off_loop(num_chars: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run tokenization inline when small, in a worker thread when large (keeps the loop free)."""
+    if num_chars < OFF_LOOP_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def open_stream(
+    ctx: ServerContext,
+    prompts: list[tuple[list[int], SamplingParams]],
+    priority: Priority,
+    arrival_s: float,
+) -> OutputStream:
+    return ctx.loop.open_stream(prompts, owner="local", priority=priority, arrival_s=arrival_s)
+
+
+async def collect(stream: OutputStream, request: Request, choices: dict[int, Choice]) -> bool:
+    """Fold every output into `choices` (keyed by pid). False if the client went away first,
+    in which case the processes have been killed."""
+    consume = asyncio.ensure_future(_consume(stream, choices))
+    disconnect = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({consume, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if consume.done():
+            consume.result()
+            return True
+        return False
+    finally:
+        consume.cancel()
+        disconnect.cancel()
+        stream.cancel()
+
+
+async def _consume(stream: OutputStream, choices: dict[int, Choice]) -> None:
+    async for out in stream:
+        choices[out.pid].add(out)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def raise_for_failures(choices: Iterable[Choice]) -> None:
+    for c in choices:
+        if c.finish_reason == "killed":
+            raise ProcessKilled(
+                "The process serving this request was killed.",
+                hint="it was killed by an operator or at shutdown",
+            )
+        if c.finish_reason == "error":
+            raise ProcessFailed(f"Generation failed: {c.error or 'unknown error'}.")
+
+
+def usage(choices: list[Choice]) -> dict[str, Any]:
+    """Prompt tokens count once per prompt (not per choice), as OpenAI does."""
+    first_of_prompt: dict[int, Choice] = {}
+    for c in sorted(choices, key=lambda c: c.index):
+        first_of_prompt.setdefault(c.prompt_idx, c)
+    prompt_tokens = sum(c.num_prompt_tokens for c in first_of_prompt.values())
+    completion_tokens = sum(c.num_output_tokens for c in choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": sum(c.num_cached_tokens for c in first_of_prompt.values())
+        },
+    }
+
+
+class TokenText:
+    """Text of single tokens for logprobs, cached per id."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self._tokenizer.decode([token_id], skip_special_tokens=False)
+            self._cache[token_id] = text
+        return text
+
+
+def top_entries(lps: dict[int, float], k: int) -> list[tuple[int, float]]:
+    return sorted(lps.items(), key=lambda kv: -kv[1])[:k]
+
+
+# ---- SSE -----------------------------------------------------------------------------------
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    body = (
+        data
+        if isinstance(data, str)
+        else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    )
+    return f"data: {body}\n\n"
+
+
+def sse_error(finish_reason: str | None, error: str | None) -> str:
+    if finish_reason == "killed":
+        return sse(
+            {
+                "error": {
+                    "message": "The process serving this request was killed.",
+                    "type": "process_killed",
+                    "param": None,
+                    "code": "process_killed",
+                }
+            }
+        )
+    return sse(
+        {
+            "error": {
+                "message": f"Generation failed: {error or 'unknown error'}.",
+                "type": "server_error",
+                "param": None,
+                "code": "process_failed",
+            }
+        }
+    )
+
+
+class ProcessStreamResponse(StreamingResponse):
+    """An SSE response that kills its processes however it ends (done, error, disconnect)."""
+
+    def __init__(self, content: AsyncIterator[str], stream: OutputStream) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.cancel()
+
+
+def now_s() -> int:
+    return int(time.time())

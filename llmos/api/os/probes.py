@@ -1,0 +1,45 @@
+"""Unauthenticated probes: GET /health (liveness), GET /ready (readiness), GET /metrics,
+GET /version. They answer from the event loop alone, so they stay fast while the engine computes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+import llmos
+from llmos.api.deps import ServerContext, get_context
+from llmos.monitor.health import HealthReport, liveness, readiness
+from llmos.monitor.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["probes"])
+
+
+def _report(report: HealthReport) -> JSONResponse:
+    body: dict[str, Any] = {"status": report.status, "reasons": report.reasons}
+    return JSONResponse(body, status_code=200 if report.is_ok else 503)
+
+
+@router.get("/health")
+async def health(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
+    """Liveness: 200 while the engine loop runs, 503 once the kernel is dead."""
+    return _report(liveness(ctx.loop))
+
+
+@router.get("/ready")
+async def ready(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
+    """Readiness: model resident, engine ticking, not draining; 503 with reasons otherwise."""
+    return _report(readiness(ctx.loop))
+
+
+@router.get("/metrics")
+async def metrics(ctx: ServerContext = Depends(get_context)) -> Response:
+    """Prometheus text exposition; every series is named `llmos:*`."""
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": llmos.__version__}

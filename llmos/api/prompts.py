@@ -1,0 +1,58 @@
+"""Turning what a client sends (chat messages or text) into prompt token ids for one engine.
+
+Shared by the HTTP routes and the CLI's in-process mode, so both render chats identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmos.errors import InvalidRequest
+
+
+def special_token(tokenizer: Any, token_id: int | None) -> str:
+    if token_id is None:
+        return ""
+    return str(tokenizer.decode([token_id], skip_special_tokens=False))
+
+
+def render_chat(
+    engine: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+) -> str:
+    """The chat template applied to `messages` (InvalidRequest on bad messages)."""
+    from llmos.models.chat_template import render_chat as render
+
+    tok = engine.tokenizer
+    eos_ids = list(getattr(tok, "eos_token_ids", None) or [])
+    return str(
+        render(
+            engine.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=special_token(tok, getattr(tok, "bos_token_id", None)),
+            eos_token=special_token(tok, eos_ids[0] if eos_ids else None),
+        )
+    )
+
+
+def encode_chat(
+    engine: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+) -> list[int]:
+    """Prompt token ids of a chat; BOS is added only if the template did not already emit it."""
+    text = render_chat(engine, messages, add_generation_prompt=add_generation_prompt)
+    return encode_text(engine, text, add_special_tokens=not _starts_with_bos(engine, text))
+
+
+def encode_text(engine: Any, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    try:
+        return list(engine.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    except UnicodeError as exc:  # e.g. lone surrogates that slipped through
+        raise InvalidRequest(
+            f"The prompt is not valid Unicode text: {exc}.", param="prompt"
+        ) from None
+
+
+def _starts_with_bos(engine: Any, text: str) -> bool:
+    tok = engine.tokenizer
+    bos = special_token(tok, getattr(tok, "bos_token_id", None))
+    return bool(bos) and text.startswith(bos)
