@@ -61,6 +61,12 @@ class StorageConfig(BaseModel):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default is a SQLite file in the data dir."
     )
+    busy_timeout_ms: int = Field(
+        5000, ge=0, description="How long a SQLite writer waits for the lock before failing."
+    )
+    lock_timeout_s: float = Field(
+        30.0, ge=0, description="How long gc and restore wait for running imports to finish."
+    )
 
 
 class ApiConfig(BaseModel):

@@ -104,6 +104,34 @@ class ModelLoadError(LlmosError):
     error_type = "invalid_request_error"
 
 
+class InvalidModelFile(ModelLoadError):
+    """A file offered for import is not a well-formed GGUF/safetensors model (or is a pickle)."""
+
+    code = "invalid_model_file"
+
+
+class ModelCorrupted(ModelLoadError):
+    """A stored model's blob is missing or no longer matches its sha256; re-import fixes it."""
+
+    status_code = 503
+    code = "model_unavailable"
+    error_type = "server_error"
+
+
+class StorageCorrupted(LlmosError):
+    """Stored data (a dataset blob, a backup archive) failed its checksum."""
+
+    status_code = 500
+    code = "storage_corrupted"
+
+
+class InsufficientStorage(LlmosError):
+    """The disk holding the data dir is full."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class KernelDead(LlmosError):
     """The engine loop crashed; the server must restart it."""
 

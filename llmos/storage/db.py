@@ -1,0 +1,172 @@
+"""The metadata database: one engine and session factory, migrated to head on open.
+
+SQLite (the default, a file in the data dir) runs in WAL mode with `synchronous=FULL` (a
+committed transaction survives power loss), foreign keys on, and every transaction opened with
+`BEGIN IMMEDIATE` so the writer lock is taken up front (no lock-upgrade deadlocks) and DDL is
+transactional. PostgreSQL is used by URL. Migrations run in one transaction under a lock, so two
+processes starting together migrate once; a database stamped by a newer llmos is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from llmos.config import StorageConfig
+from llmos.errors import LlmosError
+from llmos.storage.layout import DataDir
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same in every llmos process.
+_PG_MIGRATION_LOCK_ID = 0x11_05_70_5A
+
+
+class SchemaTooNew(LlmosError):
+    """The database was migrated by a newer llmos than this one."""
+
+    status_code = 500
+    code = "schema_too_new"
+
+
+def database_url(config: StorageConfig) -> str:
+    """The configured URL, or the SQLite file in the data dir."""
+    if config.database_url:
+        return config.database_url
+    return f"sqlite:///{DataDir(config.data_dir).db_path}"
+
+
+class Database:
+    """An engine plus a session factory for one metadata database.
+
+    `Database(url_or_config)` connects and applies migrations (unless `migrate=False`);
+    `with db.session() as s:` gives a session committed on success, rolled back on error.
+    """
+
+    def __init__(
+        self,
+        url_or_config: str | StorageConfig,
+        *,
+        migrate: bool = True,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        if isinstance(url_or_config, StorageConfig):
+            url = database_url(url_or_config)
+            busy_timeout_ms = url_or_config.busy_timeout_ms
+            if not url_or_config.database_url:
+                DataDir(url_or_config.data_dir).ensure()
+        else:
+            url = url_or_config
+        self.url = make_url(url)
+        self.engine = _create_engine(url, busy_timeout_ms)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql` (the dialect name)."""
+        return self.engine.dialect.name
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if self.backend != "sqlite" or not self.url.database or self.url.database == ":memory:":
+            return None
+        return Path(self.url.database)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block exits normally, rolled back otherwise."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def migrate(self) -> None:
+        """Bring the schema to head; refuse a database from a newer schema."""
+        script = ScriptDirectory.from_config(_alembic_config())
+        head = script.get_current_head()
+        with self.engine.connect() as conn, conn.begin():
+            if self.backend == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK_ID})
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None and _unknown_revision(script, current):
+                raise SchemaTooNew(
+                    f"the database {self.url.render_as_string(hide_password=True)} has schema "
+                    f"revision {current!r}, newer than this llmos knows (head {head!r})",
+                    hint="upgrade llmos, or point LLMOS_DATABASE_URL at another database",
+                )
+            if current != head:
+                logger.info("migrating database from %s to %s", current, head)
+                cfg = _alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        """The schema revision stamped in the database."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+    def integrity_check(self) -> str:
+        """SQLite's `PRAGMA integrity_check` ("ok" when sound); "ok" on other backends."""
+        if self.backend != "sqlite":
+            return "ok"
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def _unknown_revision(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is None
+    except Exception:  # alembic raises several types for an unknown id
+        return True
+
+
+def _create_engine(url: str, busy_timeout_ms: int) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    # NullPool: a connection per session; cheap for SQLite and avoids sharing one across forks.
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Take transaction control from pysqlite (which would run DDL outside transactions).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
