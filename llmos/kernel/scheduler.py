@@ -98,10 +98,11 @@ class Scheduler:
     def schedule(self) -> Batch:
         batch = Batch()
         self._preempt_for_priority(batch)
+        num_priority_preempted = len(batch.preempted)
         budget = self._schedule_running(batch, self.max_num_batched_tokens)
-        if not batch.preempted:
-            budget = self._schedule_swapped(batch, budget)
-            self._schedule_waiting(batch, budget)
+        # memory ran short for running processes: admitting more now would only thrash
+        if len(batch.preempted) == num_priority_preempted:
+            self._schedule_queued(batch, budget)
         assert batch.num_tokens <= self.max_num_batched_tokens
         return batch
 
@@ -122,34 +123,40 @@ class Scheduler:
             budget -= self._add(batch, proc, n)
         return budget
 
-    def _schedule_swapped(self, batch: Batch, budget: int) -> int:
-        for proc in sorted(self.swapped, key=self.key):
-            if budget <= 0 or len(self.running) >= self.max_num_seqs:
-                break
-            slots = self._swap_slots[proc.pid]
-            n = self._chunk(proc, budget)
-            need = self.blocks_for(proc.num_computed_tokens + n)
-            if not self.pool.can_allocate(need + self.watermark_blocks):
-                break
-            blocks = self.pool.allocate(need)
-            batch.swap_in.extend(zip(slots, blocks, strict=False))
-            self.swap.free(self._swap_slots.pop(proc.pid))
-            proc.block_table = blocks
-            proc.is_swapped = False
-            self.swapped.remove(proc)
-            self._run(proc)
-            budget -= self._add(batch, proc, n)
-        return budget
+    def _schedule_queued(self, batch: Batch, budget: int) -> None:
+        """Resume swapped processes and admit waiting ones, in policy order.
 
-    def _schedule_waiting(self, batch: Batch, budget: int) -> None:
-        for proc in sorted(self.waiting, key=self.key):
+        Strict order: when the next process does not fit, nothing behind it is admitted, so a
+        big process is not overtaken forever by small ones.
+        """
+        for proc in sorted(self.swapped + self.waiting, key=self.key):
             if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
-            if not self._admit(proc, budget, batch):
-                break  # strict order: a big process is not overtaken forever by small ones
+            ok = self._swap_in(proc, budget, batch) if proc.is_swapped else self._admit(
+                proc, budget, batch)
+            if not ok:
+                break
             budget -= batch.items[-1].num_new_tokens
 
+    def _swap_in(self, proc: Process, budget: int, batch: Batch) -> bool:
+        n = self._chunk(proc, budget)
+        need = self.blocks_for(proc.num_computed_tokens + n)
+        if proc in batch.preempted or not self.pool.can_allocate(need + self.watermark_blocks):
+            return False
+        blocks = self.pool.allocate(need)
+        slots = self._swap_slots.pop(proc.pid)
+        batch.swap_in.extend(zip(slots, blocks, strict=False))
+        self.swap.free(slots)
+        proc.block_table = blocks
+        proc.is_swapped = False
+        self.swapped.remove(proc)
+        self._run(proc)
+        self._add(batch, proc, n)
+        return True
+
     def _admit(self, proc: Process, budget: int, batch: Batch) -> bool:
+        if proc in batch.preempted:
+            return False  # preempted this very tick: retry next tick
         is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
         cached = self.pool.find_cached_prefix(proc.token_ids)
         num_cached_tokens = len(cached) * self.pool.block_size
