@@ -1,0 +1,83 @@
+"""Where `llmos run` and `llmos chat` get their answers: a server over HTTP, or an engine loaded
+into this process when no server is reachable (and none was asked for)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, Protocol
+
+from llmos.cli.common import err_console, resolve_url
+from llmos.client import Client
+from llmos.errors import LlmosError
+
+Messages = list[dict[str, Any]]
+
+
+class Backend(Protocol):
+    model: str
+
+    def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
+        """Text deltas of the answer; closing the iterator cancels the generation."""
+        ...
+
+
+class RemoteBackend:
+    def __init__(self, client: Client, model: str | None) -> None:
+        self.client = client
+        self.model = model or client.default_model()
+
+    def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
+        yield from self.client.chat_text(messages, self.model, **params)
+
+
+class LocalBackend:
+    """An engine in this process: the model is loaded once and driven tick by tick."""
+
+    def __init__(self, model: str | None) -> None:
+        from llmos.config import Settings
+        from llmos.kernel.engine import Engine
+
+        settings = Settings()
+        self.engine = Engine.from_model(model or settings.api.model, settings)
+        self.model = self.engine.model_name
+
+    def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
+        from llmos.api.prompts import encode_chat
+        from llmos.kernel.params import SamplingParams
+
+        sampling = SamplingParams(
+            max_tokens=params.get("max_tokens"),
+            temperature=params.get("temperature", 1.0),
+            seed=params.get("seed"),
+        )
+        pid = self.engine.submit(encode_chat(self.engine, messages), sampling)
+        finished = False
+        try:
+            while not finished:
+                for out in self.engine.step():
+                    if out.pid != pid:
+                        continue
+                    finished = out.finished
+                    if out.new_text:
+                        yield out.new_text
+                    if out.finish_reason == "error":
+                        raise LlmosError(f"Generation failed: {out.error}.")
+        finally:
+            if not finished:
+                self.engine.kill(pid)
+                while self.engine.has_work():
+                    self.engine.step()
+
+
+def open_backend(model: str | None, url: str | None) -> Backend:
+    """The server at --url/$LLMOS_URL (which must answer), else the default server if one
+    answers, else an in-process engine."""
+    resolved, chosen = resolve_url(url)
+    client = Client(resolved)
+    if chosen or client.is_reachable(timeout_s=0.5):
+        return RemoteBackend(client, model)
+    client.close()
+    err_console.print(
+        f"no server at {resolved}; loading the model in-process ...", markup=False, style="dim"
+    )
+    return LocalBackend(model)

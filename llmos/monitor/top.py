@@ -1,0 +1,79 @@
+"""`llmos top`'s screen: kernel totals on top, the process table below, as Rich renderables.
+
+Pure rendering from the API's JSON (`/os/stats`, `/os/processes`), so a frame can be captured in a
+test or printed once with `llmos top --once`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "#" * filled + "." * (width - filled)
+
+
+def summary(stats: dict[str, Any]) -> Text:
+    total = int(stats.get("kv_blocks_total", 0))
+    used = int(stats.get("kv_blocks_used", 0))
+    cached = int(stats.get("kv_blocks_cached", 0))
+    usage = used / total if total else 0.0
+    lines = [
+        f"llmos top - {stats.get('model', '?')}   up {stats.get('uptime_s', 0):.0f}s"
+        + ("   DRAINING" if stats.get("is_draining") else ""),
+        f"processes: {stats.get('num_running', 0)} running, {stats.get('num_waiting', 0)} "
+        f"waiting, {stats.get('num_preempted', 0)} preempted   "
+        f"preemptions: {stats.get('num_preemptions', 0)}",
+        f"throughput: {stats.get('tokens_per_s', 0.0):.1f} tok/s   generated: "
+        f"{stats.get('num_generated_tokens', 0)}   prompt: {stats.get('num_prompt_tokens', 0)}",
+        f"KV memory: [{_bar(usage)}] {used}/{total} blocks used ({usage:.0%}), {cached} cached"
+        f"   prefix-cache hit rate: {stats.get('prefix_cache_hit_rate', 0.0):.0%}",
+    ]
+    return Text("\n".join(lines))
+
+
+def process_table(processes: list[dict[str, Any]], *, now_s: float | None = None) -> Table:
+    now_s = time.time() if now_s is None else now_s
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in (
+        "PID",
+        "OWNER",
+        "MODEL",
+        "PRIO",
+        "STATE",
+        "PROMPT",
+        "OUT",
+        "CACHED",
+        "PREEMPT",
+        "AGE",
+        "TTFT",
+    ):
+        justify = "left" if name in ("OWNER", "MODEL", "PRIO", "STATE") else "right"
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for p in processes:
+        ttft = p.get("first_token_s")
+        table.add_row(
+            str(p["pid"]),
+            str(p.get("owner", "")),
+            str(p.get("model", "")),
+            str(p.get("priority", "")),
+            str(p.get("state", "")),
+            str(p.get("num_prompt_tokens", 0)),
+            str(p.get("num_output_tokens", 0)),
+            str(p.get("num_cached_tokens", 0)),
+            str(p.get("num_preemptions", 0)),
+            f"{max(0.0, now_s - p.get('arrival_s', now_s)):.1f}s",
+            "-" if ttft is None else f"{(ttft - p['arrival_s']) * 1000:.0f}ms",
+        )
+    return table
+
+
+def frame(stats: dict[str, Any], processes: list[dict[str, Any]]) -> Group:
+    """One full `top` screen."""
+    return Group(summary(stats), Text(""), process_table(processes))
