@@ -59,11 +59,18 @@ def hf_model(files):
 
     c = files.config
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-        rope_theta=c.rope_theta, max_position_embeddings=c.max_position_embeddings,
-        tie_word_embeddings=c.tie_word_embeddings, pad_token_id=0,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_theta=c.rope_theta,
+        max_position_embeddings=c.max_position_embeddings,
+        tie_word_embeddings=c.tie_word_embeddings,
+        pad_token_id=0,
     )
     model = transformers.LlamaForCausalLM(hf_cfg).float().eval()
     model.load_state_dict(files.weights, strict=False)
@@ -80,8 +87,14 @@ def run_hf(model, prompts: list[list[int]], out_tokens: int, batch_size: int) ->
         ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=out_tokens,
-                                 min_new_tokens=out_tokens, do_sample=False, pad_token_id=0)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=out_tokens,
+                min_new_tokens=out_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
         assert out.shape[1] == width + out_tokens
     return time.perf_counter() - t
 
@@ -106,8 +119,9 @@ def ttft_llmos(llm: LLM, prompt: list[int]) -> float:
 def ttft_hf(model, prompt: list[int]) -> float:
     t = time.perf_counter()
     with torch.inference_mode():
-        model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=1, do_sample=False,
-                       pad_token_id=0)
+        model.generate(
+            input_ids=torch.tensor([prompt]), max_new_tokens=1, do_sample=False, pad_token_id=0
+        )
     return time.perf_counter() - t
 
 
@@ -129,17 +143,28 @@ def main() -> None:
     files = load_model_files(args.model)
     cfg = files.config
     rng = random.Random(0)
-    prompts = [[rng.randrange(100, cfg.vocab_size) for _ in range(rng.randint(100, 300))]
-               for _ in range(args.requests)]
+    prompts = [
+        [rng.randrange(100, cfg.vocab_size) for _ in range(rng.randint(100, 300))]
+        for _ in range(args.requests)
+    ]
     out_n = args.output_tokens
     total_out = out_n * len(prompts)
     flops = workload_flops(cfg, prompts, out_n)
-    print(f"workload: {len(prompts)} requests, {sum(map(len, prompts))} prompt tokens, "
-          f"{total_out} output tokens, {flops / 1e12:.2f} TFLOP")
+    print(
+        f"workload: {len(prompts)} requests, {sum(map(len, prompts))} prompt tokens, "
+        f"{total_out} output tokens, {flops / 1e12:.2f} TFLOP"
+    )
 
     model = build_model(cfg, files.weights)
-    llm = LLM(engine=Engine(model, files.tokenizer, model_name=files.name,
-                            kernel=settings.kernel, memory=settings.memory))
+    llm = LLM(
+        engine=Engine(
+            model,
+            files.tokenizer,
+            model_name=files.name,
+            kernel=settings.kernel,
+            memory=settings.memory,
+        )
+    )
     run_llmos(llm, prompts[:2], 4)  # warm-up
     t_llmos = run_llmos(llm, prompts, out_n)
     rows = {"llmos": (t_llmos, total_out / t_llmos, flops / t_llmos / 1e9 / peak)}

@@ -32,14 +32,22 @@ class Completion:
 class LLM:
     """Run a model in this process. `model=None` is the embedded default (SmolLM2)."""
 
-    def __init__(self, model: str | None = None, settings: Settings | None = None,
-                 engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        settings: Settings | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.engine = engine or Engine.from_model(model, settings)
         self.tokenizer = self.engine.tokenizer
 
-    def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
-                 params: SamplingParams | None = None, *,
-                 priority: Priority = Priority.NORMAL) -> list[Completion]:
+    def generate(
+        self,
+        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        params: SamplingParams | None = None,
+        *,
+        priority: Priority = Priority.NORMAL,
+    ) -> list[Completion]:
         """Generate for each prompt (text or token ids); results in prompt order."""
         params = params or SamplingParams()
         batch: list[str | Sequence[int]]
@@ -47,14 +55,16 @@ class LLM:
             batch = [prompts]  # type: ignore[list-item]
         else:
             batch = list(prompts)  # type: ignore[arg-type]
-        token_lists = [
-            self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch
-        ]
+        token_lists = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in batch]
         pids = [self.engine.submit(ids, params, priority=priority) for ids in token_lists]
         return self._collect(pids, token_lists)
 
-    def chat(self, messages: list[dict[str, Any]], params: SamplingParams | None = None,
-             **template_kwargs: Any) -> Completion:
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        params: SamplingParams | None = None,
+        **template_kwargs: Any,
+    ) -> Completion:
         """Apply the model's chat template to `messages` and generate the assistant's reply."""
         return self.generate([self.chat_prompt_ids(messages, **template_kwargs)], params)[0]
 
@@ -62,8 +72,14 @@ class LLM:
         from llmos.models.chat_template import render_chat
 
         tok = self.tokenizer
-        text = render_chat(self.engine.chat_template, messages, add_generation_prompt=True,
-                           bos_token=tok.bos_token, eos_token=tok.eos_token, **template_kwargs)
+        text = render_chat(
+            self.engine.chat_template,
+            messages,
+            add_generation_prompt=True,
+            bos_token=tok.bos_token,
+            eos_token=tok.eos_token,
+            **template_kwargs,
+        )
         has_bos = bool(tok.bos_token) and text.startswith(tok.bos_token)
         return list(tok.encode(text, add_special_tokens=not has_bos))
 

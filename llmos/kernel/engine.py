@@ -44,9 +44,16 @@ def set_compute_threads(num_threads: int) -> None:
 class Engine:
     """A kernel running one resident model: process table, scheduler, KV pool, runner."""
 
-    def __init__(self, model: CausalLM, tokenizer: Any, *, model_name: str = "model",
-                 chat_template: str | None = None, kernel: KernelConfig | None = None,
-                 memory: MemoryConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Any,
+        *,
+        model_name: str = "model",
+        chat_template: str | None = None,
+        kernel: KernelConfig | None = None,
+        memory: MemoryConfig | None = None,
+    ) -> None:
         self.kernel_config = kernel = kernel or KernelConfig()
         self.memory_config = memory = memory or MemoryConfig()
         set_compute_threads(kernel.num_threads)
@@ -56,18 +63,30 @@ class Engine:
         self.model_name = model_name
         self.chat_template = chat_template
         self.max_model_len = min(kernel.max_model_len, c.max_position_embeddings)
-        block_bytes = KVCache.bytes_per_block(c.num_layers, memory.block_size, c.num_kv_heads,
-                                              c.head_dim)
+        block_bytes = KVCache.bytes_per_block(
+            c.num_layers, memory.block_size, c.num_kv_heads, c.head_dim
+        )
         num_blocks = max(1, memory.kv_cache_bytes // block_bytes)
         num_swap = memory.swap_bytes // block_bytes
-        self.kv = KVCache(c.num_layers, num_blocks, memory.block_size, c.num_kv_heads,
-                          c.head_dim, num_swap_slots=num_swap, device=kernel.device)
-        self.pool = BlockPool(num_blocks, memory.block_size,
-                              enable_prefix_caching=memory.enable_prefix_caching)
+        self.kv = KVCache(
+            c.num_layers,
+            num_blocks,
+            memory.block_size,
+            c.num_kv_heads,
+            c.head_dim,
+            num_swap_slots=num_swap,
+            device=kernel.device,
+        )
+        self.pool = BlockPool(
+            num_blocks, memory.block_size, enable_prefix_caching=memory.enable_prefix_caching
+        )
         self.swap = SwapSpace(num_swap)
-        self.scheduler = Scheduler(self.pool, self.swap,
-                                   max_num_batched_tokens=kernel.max_num_batched_tokens,
-                                   max_num_seqs=kernel.max_num_seqs)
+        self.scheduler = Scheduler(
+            self.pool,
+            self.swap,
+            max_num_batched_tokens=kernel.max_num_batched_tokens,
+            max_num_seqs=kernel.max_num_seqs,
+        )
         self.runner = ModelRunner(model, self.kv, device=kernel.device)
         eos = list(getattr(tokenizer, "eos_token_ids", None) or c.eos_token_ids)
         self.eos_token_ids = eos
@@ -77,9 +96,14 @@ class Engine:
         self._trackers: dict[int, OutputTracker] = {}
         self._counters = collections.Counter[str]()
         self._lock = threading.Lock()
-        logger.info("model %s resident: %d KV blocks of %d tokens (%.0f MiB), %d swap blocks",
-                    model_name, num_blocks, memory.block_size,
-                    num_blocks * block_bytes / 2**20, num_swap)
+        logger.info(
+            "model %s resident: %d KV blocks of %d tokens (%.0f MiB), %d swap blocks",
+            model_name,
+            num_blocks,
+            memory.block_size,
+            num_blocks * block_bytes / 2**20,
+            num_swap,
+        )
 
     @classmethod
     def from_model(cls, ref: str | None = None, settings: Settings | None = None) -> Engine:
@@ -90,13 +114,24 @@ class Engine:
         set_compute_threads(settings.kernel.num_threads)
         files = load_model_files(ref)
         model = build_model(files.config, files.weights, settings.kernel.device)
-        return cls(model, files.tokenizer, model_name=files.name,
-                   chat_template=files.chat_template, kernel=settings.kernel,
-                   memory=settings.memory)
+        return cls(
+            model,
+            files.tokenizer,
+            model_name=files.name,
+            chat_template=files.chat_template,
+            kernel=settings.kernel,
+            memory=settings.memory,
+        )
 
     # ---- system calls (any thread) -------------------------------------------------------
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, *,
-               owner: str = "local", priority: Priority = Priority.NORMAL) -> int:
+    def submit(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        owner: str = "local",
+        priority: Priority = Priority.NORMAL,
+    ) -> int:
         """Validate and queue a new process; returns its pid. Raises on bad input."""
         vocab = self.model.config.vocab_size
         if not prompt_token_ids:
@@ -112,16 +147,26 @@ class Engine:
             raise ContextTooLong(
                 f"This model's maximum context length is {self.max_model_len} tokens; the "
                 f"request has {n_prompt} prompt tokens and asks for {max_tokens} more.",
-                param="max_tokens", hint="shorten the prompt or lower max_tokens")
+                param="max_tokens",
+                hint="shorten the prompt or lower max_tokens",
+            )
         num_blocks = self.scheduler.blocks_for(n_prompt + max_tokens)
         if num_blocks > self.pool.num_blocks:
             raise ContextTooLong(
                 f"The request needs {num_blocks} KV blocks but the whole pool has "
-                f"{self.pool.num_blocks}.", param="max_tokens",
-                hint="lower max_tokens or raise memory.kv_cache_bytes")
+                f"{self.pool.num_blocks}.",
+                param="max_tokens",
+                hint="lower max_tokens or raise memory.kv_cache_bytes",
+            )
         pid = self.table.new_pid()
-        proc = Process(pid, list(prompt_token_ids), params, owner=owner,
-                       model=self.model_name, priority=priority)
+        proc = Process(
+            pid,
+            list(prompt_token_ids),
+            params,
+            owner=owner,
+            model=self.model_name,
+            priority=priority,
+        )
         self.table.add(proc)
         self._inbox.append(("submit", proc))
         return pid
@@ -163,7 +208,9 @@ class Engine:
                         proc.first_scheduled_s = time.time()
                 if sampled:
                     result = self.sampler.sample(logits, [i.proc for i in sampled])
-                    for item, tok, lp in zip(sampled, result.token_ids, result.logprobs, strict=True):
+                    for item, tok, lp in zip(
+                        sampled, result.token_ids, result.logprobs, strict=True
+                    ):
                         outputs.append(self._append_token(item.proc, tok, lp))
             self._counters["ticks"] += 1
             return outputs
@@ -178,15 +225,18 @@ class Engine:
             elif op == "kill":
                 proc = self.table.get(arg)
                 if proc is not None and not proc.state.is_terminal:
-                    outputs.append(self._finish(proc, ProcessState.KILLED, ProcessOutput(arg, [], "")))
+                    outputs.append(
+                        self._finish(proc, ProcessState.KILLED, ProcessOutput(arg, [], ""))
+                    )
             elif op == "renice":
                 proc = self.table.get(arg[0])
                 if proc is not None:
                     proc.priority = arg[1]
         return outputs
 
-    def _append_token(self, proc: Process, token_id: int,
-                      logprobs: dict[int, float] | None) -> ProcessOutput:
+    def _append_token(
+        self, proc: Process, token_id: int, logprobs: dict[int, float] | None
+    ) -> ProcessOutput:
         proc.token_ids.append(token_id)
         now = time.time()
         if proc.first_token_s is None:
@@ -194,8 +244,9 @@ class Engine:
         self._counters["generated_tokens"] += 1
         tracker = self._trackers[proc.pid]
         text, stop_state = tracker.push(proc, token_id, self.eos_token_ids, self.max_model_len)
-        out = ProcessOutput(proc.pid, [token_id], text,
-                            logprobs=[logprobs] if logprobs is not None else None)
+        out = ProcessOutput(
+            proc.pid, [token_id], text, logprobs=[logprobs] if logprobs is not None else None
+        )
         if stop_state is not None:
             out.new_text += tracker.flush()
             return self._finish(proc, stop_state, out)

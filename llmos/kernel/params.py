@@ -45,31 +45,56 @@ class SamplingParams:
     def validate(self, vocab_size: int | None = None) -> SamplingParams:
         """Raise InvalidRequest naming the first bad field; return self when all is well."""
         _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be >= 1")
-        _check(_finite(self.temperature) and 0.0 <= self.temperature <= 2.0, "temperature",
-               "must be between 0 and 2")
+        _check(
+            _finite(self.temperature) and 0.0 <= self.temperature <= 2.0,
+            "temperature",
+            "must be between 0 and 2",
+        )
         _check(_finite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
         _check(self.top_k >= -1, "top_k", "must be -1, 0 (off) or a positive count")
         _check(_finite(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "must be in [0, 1]")
-        _check(_finite(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
-               "repetition_penalty", "must be in (0, 10]")
-        _check(_finite(self.presence_penalty) and -2.0 <= self.presence_penalty <= 2.0,
-               "presence_penalty", "must be between -2 and 2")
-        _check(_finite(self.frequency_penalty) and -2.0 <= self.frequency_penalty <= 2.0,
-               "frequency_penalty", "must be between -2 and 2")
-        _check(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
-               f"must be between 0 and {MAX_LOGPROBS}")
+        _check(
+            _finite(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
+            "repetition_penalty",
+            "must be in (0, 10]",
+        )
+        _check(
+            _finite(self.presence_penalty) and -2.0 <= self.presence_penalty <= 2.0,
+            "presence_penalty",
+            "must be between -2 and 2",
+        )
+        _check(
+            _finite(self.frequency_penalty) and -2.0 <= self.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            "must be between -2 and 2",
+        )
+        _check(
+            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
+            f"must be between 0 and {MAX_LOGPROBS}",
+        )
         _check(self.min_tokens >= 0, "min_tokens", "must be >= 0")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop",
-               "must be non-empty strings")
+        _check(
+            all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"
+        )
         _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
         for token_id, bias in (self.logit_bias or {}).items():
-            _check(vocab_size is None or 0 <= token_id < vocab_size, "logit_bias",
-                   f"token id {token_id} is outside the vocabulary (0..{(vocab_size or 1) - 1})")
-            _check(_finite(bias) and -100.0 <= bias <= 100.0, "logit_bias",
-                   "biases must be between -100 and 100")
+            _check(
+                vocab_size is None or 0 <= token_id < vocab_size,
+                "logit_bias",
+                f"token id {token_id} is outside the vocabulary (0..{(vocab_size or 1) - 1})",
+            )
+            _check(
+                _finite(bias) and -100.0 <= bias <= 100.0,
+                "logit_bias",
+                "biases must be between -100 and 100",
+            )
         for token_id in self.stop_token_ids:
-            _check(vocab_size is None or 0 <= token_id < vocab_size, "stop_token_ids",
-                   f"token id {token_id} is outside the vocabulary")
+            _check(
+                vocab_size is None or 0 <= token_id < vocab_size,
+                "stop_token_ids",
+                f"token id {token_id} is outside the vocabulary",
+            )
         return self
 
 

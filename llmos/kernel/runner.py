@@ -18,8 +18,14 @@ MIN_GEMM_ROWS = 16
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, kv: KVCache, *, min_rows: int = MIN_GEMM_ROWS,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        kv: KVCache,
+        *,
+        min_rows: int = MIN_GEMM_ROWS,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.model = model
         self.kv = kv
         self.min_rows = min_rows

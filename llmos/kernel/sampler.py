@@ -37,7 +37,11 @@ class Sampler:
         g = self._generators.get(proc.pid)
         if g is None:
             g = torch.Generator()
-            seed = proc.params.seed if proc.params.seed is not None else self.seed * 1_000_003 + proc.pid
+            seed = (
+                proc.params.seed
+                if proc.params.seed is not None
+                else self.seed * 1_000_003 + proc.pid
+            )
             g.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
             self._generators[proc.pid] = g
         return g
@@ -99,8 +103,9 @@ class Sampler:
         ids = torch.searchsorted(cdf, u, right=True).squeeze(1)
         return ids.clamp_(max=logits.shape[1] - 1)
 
-    def _logprobs(self, raw: torch.Tensor, procs: Sequence[Process],
-                  token_ids: list[int]) -> list[dict[int, float] | None]:
+    def _logprobs(
+        self, raw: torch.Tensor, procs: Sequence[Process], token_ids: list[int]
+    ) -> list[dict[int, float] | None]:
         want = [i for i, p in enumerate(procs) if p.params.logprobs is not None]
         out: list[dict[int, float] | None] = [None] * len(procs)
         if not want:

@@ -132,8 +132,11 @@ class Scheduler:
         for proc in sorted(self.swapped + self.waiting, key=self.key):
             if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
-            ok = self._swap_in(proc, budget, batch) if proc.is_swapped else self._admit(
-                proc, budget, batch)
+            ok = (
+                self._swap_in(proc, budget, batch)
+                if proc.is_swapped
+                else self._admit(proc, budget, batch)
+            )
             if not ok:
                 break
             budget -= batch.items[-1].num_new_tokens

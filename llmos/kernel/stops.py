@@ -21,8 +21,9 @@ class OutputTracker:
         self.num_emitted = 0
         self.hold = max((len(s) for s in params.stop), default=1) - 1
 
-    def push(self, proc: Process, token_id: int, eos_token_ids: list[int],
-             max_model_len: int) -> tuple[str, ProcessState | None]:
+    def push(
+        self, proc: Process, token_id: int, eos_token_ids: list[int], max_model_len: int
+    ) -> tuple[str, ProcessState | None]:
         """Take one new token; return (text safe to emit now, terminal state or None)."""
         sp = self.params
         if token_id in sp.stop_token_ids or (not sp.ignore_eos and token_id in eos_token_ids):

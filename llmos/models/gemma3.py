@@ -34,8 +34,12 @@ class _Layer:
 
 
 class Gemma3ForCausalLM:
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.config = c = config
         self.embed = _take(weights, "model.embed_tokens.weight").to(device)
         self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=self.embed.dtype)
@@ -51,29 +55,36 @@ class Gemma3ForCausalLM:
                 return _take(weights, p + name).to(device)
 
             qkv = torch.cat([_take(weights, a + f"{x}_proj.weight") for x in "qkv"])
-            gate_up = torch.cat([_take(weights, p + "mlp.gate_proj.weight"),
-                                 _take(weights, p + "mlp.up_proj.weight")])
-            self.layers.append(_Layer(
-                input_norm=w("input_layernorm.weight"),
-                qkv=qkv.contiguous().to(device),
-                q_norm=w("self_attn.q_norm.weight"),
-                k_norm=w("self_attn.k_norm.weight"),
-                o=w("self_attn.o_proj.weight"),
-                post_attn_norm=w("post_attention_layernorm.weight"),
-                pre_ffn_norm=w("pre_feedforward_layernorm.weight"),
-                post_ffn_norm=w("post_feedforward_layernorm.weight"),
-                gate_up=gate_up.contiguous().to(device),
-                down=w("mlp.down_proj.weight"),
-                is_sliding=c.is_sliding(i),
-            ))
+            gate_up = torch.cat(
+                [
+                    _take(weights, p + "mlp.gate_proj.weight"),
+                    _take(weights, p + "mlp.up_proj.weight"),
+                ]
+            )
+            self.layers.append(
+                _Layer(
+                    input_norm=w("input_layernorm.weight"),
+                    qkv=qkv.contiguous().to(device),
+                    q_norm=w("self_attn.q_norm.weight"),
+                    k_norm=w("self_attn.k_norm.weight"),
+                    o=w("self_attn.o_proj.weight"),
+                    post_attn_norm=w("post_attention_layernorm.weight"),
+                    pre_ffn_norm=w("pre_feedforward_layernorm.weight"),
+                    post_ffn_norm=w("post_feedforward_layernorm.weight"),
+                    gate_up=gate_up.contiguous().to(device),
+                    down=w("mlp.down_proj.weight"),
+                    is_sliding=c.is_sliding(i),
+                )
+            )
         max_pos = c.max_position_embeddings
         self.rope_global = RotaryTable(c.head_dim, c.rope_theta, c.rope_scaling, max_pos, device)
         self.rope_local = RotaryTable(c.head_dim, c.rope_local_theta, None, max_pos, device)
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
         """input_ids, positions: [T] -> hidden states [T, hidden] (final norm applied)."""
         c = self.config
         eps = c.rms_norm_eps
@@ -88,9 +99,17 @@ class Gemma3ForCausalLM:
             q, k = rope.apply(q, positions), rope.apply(k, positions)
             v = v.reshape(T, c.num_kv_heads, c.head_dim)
             window = c.sliding_window if layer.is_sliding else None
-            attn = paged_attention(q, k, v, kv.data[i, 0], kv.data[i, 1], meta,
-                                   scale=c.attn_scale, sliding_window=window,
-                                   softcap=c.attn_logit_softcapping)
+            attn = paged_attention(
+                q,
+                k,
+                v,
+                kv.data[i, 0],
+                kv.data[i, 1],
+                meta,
+                scale=c.attn_scale,
+                sliding_window=window,
+                softcap=c.attn_logit_softcapping,
+            )
             h = h + rms_norm(F.linear(attn, layer.o), layer.post_attn_norm, eps, offset=1.0)
             x = rms_norm(h, layer.pre_ffn_norm, eps, offset=1.0)
             x = gated_mlp(x, layer.gate_up, layer.down, c.hidden_act)

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, offset: float = 0.0) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, *, offset: float = 0.0
+) -> torch.Tensor:
     """x: [..., D] -> [..., D]; computes x / rms(x) * (offset + weight) in float32."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
@@ -51,8 +53,14 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
 class RotaryTable:
     """cos/sin for every position up to `max_positions`, computed once (HF's rotate-half form)."""
 
-    def __init__(self, head_dim: int, theta: float, scaling: dict[str, Any] | None,
-                 max_positions: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float,
+        scaling: dict[str, Any] | None,
+        max_positions: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         inv_freq = rope_inv_freq(head_dim, theta, scaling)
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)

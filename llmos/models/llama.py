@@ -35,8 +35,12 @@ def _take(weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 
 
 class LlamaForCausalLM:
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.config = config
         c = config
         self.embed = _take(weights, "model.embed_tokens.weight").to(device)
@@ -51,24 +55,32 @@ class LlamaForCausalLM:
             bias = None
             if c.attention_bias:
                 bias = torch.cat([_take(weights, a + f"{x}_proj.bias") for x in "qkv"]).to(device)
-            gate_up = torch.cat([_take(weights, p + "mlp.gate_proj.weight"),
-                                 _take(weights, p + "mlp.up_proj.weight")])
-            self.layers.append(_Layer(
-                input_norm=_take(weights, p + "input_layernorm.weight").to(device),
-                qkv=qkv.contiguous().to(device),
-                qkv_bias=bias,
-                o=_take(weights, a + "o_proj.weight").to(device),
-                post_norm=_take(weights, p + "post_attention_layernorm.weight").to(device),
-                gate_up=gate_up.contiguous().to(device),
-                down=_take(weights, p + "mlp.down_proj.weight").to(device),
-            ))
-        self.rope = RotaryTable(c.head_dim, c.rope_theta, c.rope_scaling,
-                                c.max_position_embeddings, device)
+            gate_up = torch.cat(
+                [
+                    _take(weights, p + "mlp.gate_proj.weight"),
+                    _take(weights, p + "mlp.up_proj.weight"),
+                ]
+            )
+            self.layers.append(
+                _Layer(
+                    input_norm=_take(weights, p + "input_layernorm.weight").to(device),
+                    qkv=qkv.contiguous().to(device),
+                    qkv_bias=bias,
+                    o=_take(weights, a + "o_proj.weight").to(device),
+                    post_norm=_take(weights, p + "post_attention_layernorm.weight").to(device),
+                    gate_up=gate_up.contiguous().to(device),
+                    down=_take(weights, p + "mlp.down_proj.weight").to(device),
+                )
+            )
+        self.rope = RotaryTable(
+            c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, device
+        )
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
         """input_ids, positions: [T] -> hidden states [T, hidden] (final norm applied)."""
         c = self.config
         h = F.embedding(input_ids, self.embed)

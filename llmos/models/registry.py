@@ -14,8 +14,9 @@ from llmos.models.config import ModelConfig
 class CausalLM(Protocol):
     config: ModelConfig
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor: ...
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache, meta: AttentionMetadata
+    ) -> torch.Tensor: ...
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
@@ -27,12 +28,15 @@ def _families() -> dict[str, type]:
     return {"llama": LlamaForCausalLM, "gemma3": Gemma3ForCausalLM}
 
 
-def build_model(config: ModelConfig, weights: dict[str, torch.Tensor],
-                device: torch.device | str = "cpu") -> CausalLM:
+def build_model(
+    config: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> CausalLM:
     families = _families()
     cls = families.get(config.architecture)
     if cls is None:
         known = ", ".join(sorted(families))
-        raise ModelLoadError(f"Unsupported architecture {config.architecture!r}; llmos runs: {known}.")
+        raise ModelLoadError(
+            f"Unsupported architecture {config.architecture!r}; llmos runs: {known}."
+        )
     model: CausalLM = cls(config, weights, device)
     return model

@@ -15,12 +15,22 @@ transformers = pytest.importorskip("transformers")
 def _tiny_gemma3(**overrides):
     torch.manual_seed(0)
     kw = dict(
-        vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
-        sliding_window=8, query_pre_attn_scalar=32, rms_norm_eps=1e-6,
+        vocab_size=257,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        sliding_window=8,
+        query_pre_attn_scalar=32,
+        rms_norm_eps=1e-6,
         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-        final_logit_softcapping=None, attn_logit_softcapping=None,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
     )
     kw.update(overrides)
     hf_cfg = transformers.Gemma3TextConfig(**kw)
@@ -35,12 +45,23 @@ def _tiny_gemma3(**overrides):
     full_theta = rope.get("full_attention", {}).get("rope_theta", kw["rope_theta"])
     local_theta = rope.get("sliding_attention", {}).get("rope_theta", kw["rope_local_base_freq"])
     cfg = ModelConfig(
-        architecture="gemma3", vocab_size=kw["vocab_size"], hidden_size=64,
-        intermediate_size=128, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=32,
-        rms_norm_eps=1e-6, rope_theta=full_theta, rope_local_theta=local_theta,
-        max_position_embeddings=512, tie_word_embeddings=True,
-        hidden_act="gelu_pytorch_tanh", sliding_window=8,
-        layer_types=["sliding", "full", "sliding", "full"], query_pre_attn_scalar=32,
+        architecture="gemma3",
+        vocab_size=kw["vocab_size"],
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=32,
+        rms_norm_eps=1e-6,
+        rope_theta=full_theta,
+        rope_local_theta=local_theta,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        hidden_act="gelu_pytorch_tanh",
+        sliding_window=8,
+        layer_types=["sliding", "full", "sliding", "full"],
+        query_pre_attn_scalar=32,
         final_logit_softcapping=kw["final_logit_softcapping"],
     )
     return hf, build_model(cfg, weights)

@@ -13,7 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 def _hf_and_ours(**overrides):
     torch.manual_seed(0)
-    cfg_cls = transformers.Qwen2Config if overrides.pop("qwen2", False) else transformers.LlamaConfig
+    cfg_cls = (
+        transformers.Qwen2Config if overrides.pop("qwen2", False) else transformers.LlamaConfig
+    )
     hf_cfg = cfg_cls(**tiny_llama_config(**overrides))
     hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).float().eval()
     weights = {k: v.detach().clone() for k, v in hf.state_dict().items()}
@@ -29,8 +31,15 @@ def _hf_and_ours(**overrides):
         {},
         {"tie_word_embeddings": True},
         {"qwen2": True},
-        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
     ],
     ids=["llama", "tied", "qkv-bias", "llama3-rope"],
 )

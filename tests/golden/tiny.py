@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from llmos.kernel.backends.cpu import KVCache
-from llmos.kernel.process import Process
 from llmos.kernel.params import SamplingParams
+from llmos.kernel.process import Process
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.scheduler import Batch, ScheduledProcess
 from llmos.models.config import ModelConfig
@@ -14,10 +14,18 @@ from llmos.models.config import ModelConfig
 
 def tiny_llama_config(**overrides: object) -> dict:
     cfg = dict(
-        vocab_size=211, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=211,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     cfg.update(overrides)
     return cfg
@@ -28,10 +36,14 @@ def llmos_config_from_hf(hf: object, architecture: str = "llama") -> ModelConfig
     head_dim = getattr(hf, "head_dim", None) or g("hidden_size") // g("num_attention_heads")
     c = ModelConfig(
         architecture=architecture,
-        vocab_size=g("vocab_size"), hidden_size=g("hidden_size"),
-        intermediate_size=g("intermediate_size"), num_layers=g("num_hidden_layers"),
-        num_heads=g("num_attention_heads"), num_kv_heads=g("num_key_value_heads"),
-        head_dim=head_dim, rms_norm_eps=g("rms_norm_eps"),
+        vocab_size=g("vocab_size"),
+        hidden_size=g("hidden_size"),
+        intermediate_size=g("intermediate_size"),
+        num_layers=g("num_hidden_layers"),
+        num_heads=g("num_attention_heads"),
+        num_kv_heads=g("num_key_value_heads"),
+        head_dim=head_dim,
+        rms_norm_eps=g("rms_norm_eps"),
         rope_theta=getattr(hf, "rope_theta", None) or hf.rope_parameters["rope_theta"],
         max_position_embeddings=g("max_position_embeddings"),
         tie_word_embeddings=g("tie_word_embeddings"),
@@ -44,8 +56,9 @@ def llmos_config_from_hf(hf: object, architecture: str = "llama") -> ModelConfig
     return c
 
 
-def llmos_logprobs(model, token_ids: list[int], chunk: int | None = None,
-                   block_size: int = 16) -> torch.Tensor:
+def llmos_logprobs(
+    model, token_ids: list[int], chunk: int | None = None, block_size: int = 16
+) -> torch.Tensor:
     """Log-probs [len(token_ids), V] from llmos's paged forward, prefilling in chunks."""
     c = model.config
     num_blocks = len(token_ids) // block_size + 2

@@ -17,19 +17,22 @@ from llmos.kernel.swap import SwapSpace
 class Sim:
     """Drives a scheduler like the engine does, appending scripted tokens."""
 
-    def __init__(self, num_blocks=32, block_size=4, budget=32, max_seqs=8, swap_slots=16,
-                 caching=True):
+    def __init__(
+        self, num_blocks=32, block_size=4, budget=32, max_seqs=8, swap_slots=16, caching=True
+    ):
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching=caching)
         self.swap = SwapSpace(swap_slots)
-        self.sched = Scheduler(self.pool, self.swap, max_num_batched_tokens=budget,
-                               max_num_seqs=max_seqs)
+        self.sched = Scheduler(
+            self.pool, self.swap, max_num_batched_tokens=budget, max_num_seqs=max_seqs
+        )
         self.procs: dict[int, Process] = {}
         self.next_pid = 1
         self.budget = budget
 
     def submit(self, prompt, max_tokens, priority=Priority.NORMAL):
-        p = Process(self.next_pid, list(prompt), SamplingParams(max_tokens=max_tokens),
-                    priority=priority)
+        p = Process(
+            self.next_pid, list(prompt), SamplingParams(max_tokens=max_tokens), priority=priority
+        )
         self.next_pid += 1
         self.procs[p.pid] = p
         self.sched.add(p)
@@ -102,7 +105,7 @@ def test_lowest_priority_most_recent_is_the_victim():
     sim = Sim(num_blocks=8, block_size=4, budget=64, swap_slots=32)
     a = sim.submit(range(8), 12, Priority.INTERACTIVE)
     b = sim.submit(range(20, 28), 12, Priority.BATCH)
-    c = sim.submit(range(40, 48), 12, Priority.NORMAL)
+    sim.submit(range(40, 48), 12, Priority.NORMAL)
     sim.run_to_end()
     assert b.num_preemptions >= 1
     assert a.num_preemptions == 0
@@ -138,9 +141,14 @@ def test_prefix_cache_hit_skips_prefill():
 @given(seed=st.integers(0, 10_000), caching=st.booleans(), swap_slots=st.sampled_from([0, 4, 64]))
 def test_random_workloads_never_leak_blocks(seed, caching, swap_slots):
     rng = random.Random(seed)
-    sim = Sim(num_blocks=rng.randint(8, 40), block_size=rng.choice([1, 2, 4, 8]),
-              budget=rng.randint(4, 48), max_seqs=rng.randint(1, 8), swap_slots=swap_slots,
-              caching=caching)
+    sim = Sim(
+        num_blocks=rng.randint(8, 40),
+        block_size=rng.choice([1, 2, 4, 8]),
+        budget=rng.randint(4, 48),
+        max_seqs=rng.randint(1, 8),
+        swap_slots=swap_slots,
+        caching=caching,
+    )
     capacity = sim.pool.num_blocks * sim.pool.block_size
     shared = [rng.randrange(50) for _ in range(12)]
     for _ in range(rng.randint(20, 80)):

@@ -44,9 +44,18 @@ class KVCache:
     Swap tensors hold swapped-out blocks in host memory.
     """
 
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
-                 head_dim: int, *, num_swap_slots: int = 0, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        num_swap_slots: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         shape = (num_layers, 2, num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.data = torch.zeros(shape, dtype=dtype, device=device)
         self.trash_block = num_blocks
@@ -55,8 +64,13 @@ class KVCache:
         self.swap = torch.empty(swap_shape, dtype=dtype, device="cpu")
 
     @staticmethod
-    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
-                        dtype: torch.dtype = torch.float32) -> int:
+    def bytes_per_block(
+        num_layers: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> int:
         elem = torch.empty((), dtype=dtype).element_size()
         return num_layers * 2 * block_size * num_kv_heads * head_dim * elem
 
@@ -93,17 +107,24 @@ def paged_attention(
     v_cache.view(-1, Hkv, D).index_copy_(0, meta.slot_mapping, v)
     out = torch.zeros(T, H, v.shape[-1], dtype=q.dtype, device=q.device)
     if meta.decode_rows.numel():
-        out[meta.decode_rows] = _decode(q[meta.decode_rows], k_cache, v_cache, meta,
-                                        scale, sliding_window, softcap)
+        out[meta.decode_rows] = _decode(
+            q[meta.decode_rows], k_cache, v_cache, meta, scale, sliding_window, softcap
+        )
     for seq in meta.prefills:
         rows = slice(seq.row_start, seq.row_start + seq.num_rows)
         out[rows] = _prefill(q[rows], k_cache, v_cache, seq, scale, sliding_window, softcap)
     return out.view(T, -1)
 
 
-def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            meta: AttentionMetadata, scale: float, window: int | None,
-            softcap: float | None) -> torch.Tensor:
+def _decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """q: [S, H, D] (one query per sequence) -> [S, H, D]."""
     S, H, D = q.shape
     bt = meta.decode_block_tables
@@ -134,8 +155,15 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return out.reshape(S, H, -1).to(q.dtype)
 
 
-def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq: PrefillSeq,
-             scale: float, window: int | None, softcap: float | None) -> torch.Tensor:
+def _prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seq: PrefillSeq,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
     """q: [n, H, D] (the sequence's new queries, last ones of its context) -> [n, H, D]."""
     n, H, D = q.shape
     keys = k_cache[seq.block_table].flatten(0, 1)[: seq.ctx_len].double()  # [L, Hkv, D]
