@@ -1,0 +1,499 @@
+"""GGUF files: a bounded header parser, tensor dequantization, and GGUF -> ModelConfig / HF names.
+
+Invariants: nothing is read or allocated before it is checked against the file size (a header that
+claims huge counts or out-of-range tensors fails with ModelLoadError before any big allocation);
+every returned weight carries its Hugging Face transformers name and torch shape
+``[out_features, in_features]``, with llama-arch Q/K rows un-permuted and Gemma norms in HF
+convention (``x * (1 + w)``).
+
+The header is parsed here rather than with ``gguf.GGUFReader`` because the reader builds one numpy
+view per array element (12 s for Gemma 3's 262k-token vocabulary) and trusts header sizes; the
+``gguf`` package still supplies the type tables and ``gguf.quants.dequantize``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from llmos.errors import ModelLoadError
+from llmos.models.config import ModelConfig
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+# Sanity caps on header counts; real files have ~100 KV pairs and < 10k tensors.
+MAX_KV_COUNT = 1 << 16
+MAX_TENSOR_COUNT = 1 << 20
+
+# GGUF value types -> (struct format, size in bytes); 8 = string, 9 = array.
+_SCALAR_FORMATS: dict[int, tuple[str, int]] = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
+_NUMPY_DTYPES: dict[int, str] = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "<u1",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
+_STRING, _ARRAY = 8, 9
+
+# Tensor types we can turn into float tensors (the codecs come from gguf.quants).
+SUPPORTED_TYPES = frozenset(
+    {
+        GGMLQuantizationType.F32,
+        GGMLQuantizationType.F16,
+        GGMLQuantizationType.BF16,
+        GGMLQuantizationType.Q4_0,
+        GGMLQuantizationType.Q4_1,
+        GGMLQuantizationType.Q5_0,
+        GGMLQuantizationType.Q5_1,
+        GGMLQuantizationType.Q8_0,
+        GGMLQuantizationType.Q2_K,
+        GGMLQuantizationType.Q3_K,
+        GGMLQuantizationType.Q4_K,
+        GGMLQuantizationType.Q5_K,
+        GGMLQuantizationType.Q6_K,
+    }
+)
+
+
+@dataclass(slots=True)
+class GGUFTensorInfo:
+    name: str
+    shape: tuple[int, ...]  # torch order (outermost first), i.e. GGUF dims reversed
+    ggml_type: GGMLQuantizationType
+    data_offset: int  # absolute byte offset in the file
+    num_bytes: int
+
+
+@dataclass
+class GGUFFile:
+    """A parsed GGUF header plus a read-only map of the file for the tensor data."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: dict[str, GGUFTensorInfo]
+    _data: np.ndarray = field(repr=False)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
+
+    def raw(self, info: GGUFTensorInfo) -> np.ndarray:
+        """The tensor's bytes as uint8 rows ``[rows, row_bytes]`` (a view of the mapped file)."""
+        block_size, type_size = GGML_QUANT_SIZES[info.ggml_type]
+        cols = info.shape[-1] if info.shape else 1
+        row_bytes = cols // block_size * type_size
+        flat = self._data[info.data_offset : info.data_offset + info.num_bytes]
+        return flat.reshape(-1, row_bytes)
+
+    def dequantize(self, info: GGUFTensorInfo) -> np.ndarray:
+        """The tensor as float32 numpy in torch shape."""
+        if info.ggml_type not in SUPPORTED_TYPES:
+            raise ModelLoadError(
+                f"{self.path.name}: tensor {info.name!r} has GGML type {info.ggml_type.name}, "
+                "which llmos cannot dequantize",
+                hint="supported: " + ", ".join(sorted(t.name for t in SUPPORTED_TYPES)),
+            )
+        rows = self.raw(info)
+        if info.ggml_type == GGMLQuantizationType.F32:
+            out = rows.view(np.float32)
+        elif info.ggml_type == GGMLQuantizationType.F16:
+            out = rows.view(np.float16).astype(np.float32)
+        else:
+            out = gguf_dequantize(rows, info.ggml_type)
+        out = np.asarray(out, dtype=np.float32).reshape(info.shape)
+        return out if out.flags.writeable else out.copy()  # F32 views the read-only map
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads from a byte buffer."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.size = len(buf)
+        self.path = path
+
+    def fail(self, what: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"{self.path}: not a valid GGUF file ({what} at byte {self.pos} of {self.size})",
+            hint="the file may be truncated or corrupt; re-export or re-copy it",
+        )
+
+    def need(self, num_bytes: int, what: str) -> None:
+        if num_bytes < 0 or self.pos + num_bytes > self.size:
+            raise self.fail(f"{what} runs past the end of the file")
+
+    def scalar(self, value_type: int) -> Any:
+        fmt, size = _SCALAR_FORMATS[value_type]
+        self.need(size, "a value")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def u32(self) -> int:
+        return int(self.scalar(4))
+
+    def u64(self) -> int:
+        return int(self.scalar(10))
+
+    def string(self) -> str:
+        length = self.u64()
+        self.need(length, "a string")
+        raw = bytes(self.buf[self.pos : self.pos + length])
+        self.pos += length
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", errors="replace")
+
+    def value(self, value_type: int) -> Any:
+        if value_type == _STRING:
+            return self.string()
+        if value_type == _ARRAY:
+            return self.array()
+        if value_type not in _SCALAR_FORMATS:
+            raise self.fail(f"unknown value type {value_type}")
+        value = self.scalar(value_type)
+        return bool(value) if value_type == 7 else value
+
+    def array(self) -> list[Any]:
+        elem_type = self.u32()
+        count = self.u64()
+        if elem_type == _STRING:
+            self.need(count * 8, "a string array")  # every string has at least its length
+            return [self.string() for _ in range(count)]
+        if elem_type == _ARRAY:
+            self.need(count * 12, "a nested array")
+            return [self.array() for _ in range(count)]
+        if elem_type not in _NUMPY_DTYPES:
+            raise self.fail(f"unknown array element type {elem_type}")
+        size = _SCALAR_FORMATS[elem_type][1]
+        self.need(count * size, "an array")
+        values = np.frombuffer(
+            self.buf, dtype=_NUMPY_DTYPES[elem_type], count=count, offset=self.pos
+        )
+        self.pos += count * size
+        if elem_type == 7:
+            values = values.astype(bool)
+        return values.tolist()  # type: ignore[no-any-return]
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Parse a GGUF header (v2/v3, little-endian) and map the file for tensor reads."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            file_size = path.stat().st_size
+            if file_size < 24:
+                raise ModelLoadError(f"{path}: not a GGUF file ({file_size} bytes)")
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        return _parse(buf, path)
+    except RecursionError:
+        raise ModelLoadError(f"{path}: not a valid GGUF file (arrays nested too deeply)") from None
+    finally:
+        buf.close()
+
+
+def _parse(buf: mmap.mmap, path: Path) -> GGUFFile:
+    cur = _Cursor(buf, path)
+    if bytes(buf[:4]) != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path}: not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')",
+            hint="llmos reads GGUF files and Hugging Face folders (config.json + *.safetensors)",
+        )
+    cur.pos = 4
+    version = cur.u32()
+    if version not in (2, 3):
+        raise ModelLoadError(
+            f"{path}: unsupported GGUF version {version} (supported: 2, 3; big-endian files "
+            "are not supported)"
+        )
+    num_tensors, num_kv = cur.u64(), cur.u64()
+    if num_kv > MAX_KV_COUNT or num_tensors > MAX_TENSOR_COUNT:
+        raise cur.fail(f"implausible counts ({num_tensors} tensors, {num_kv} metadata keys)")
+    metadata: dict[str, Any] = {}
+    for _ in range(num_kv):
+        key = cur.string()
+        metadata[key] = cur.value(cur.u32())
+    infos = [_read_tensor_info(cur) for _ in range(num_tensors)]
+    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise cur.fail(f"bad alignment {alignment}")
+    data_start = (cur.pos + alignment - 1) // alignment * alignment
+    tensors = _place_tensors(infos, data_start, cur)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, _data=data)
+
+
+def _read_tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
+    name = cur.string()
+    num_dims = cur.u32()
+    if not 1 <= num_dims <= MAX_DIMS:
+        raise cur.fail(f"tensor {name!r} has {num_dims} dims")
+    dims = tuple(cur.u64() for _ in range(num_dims))
+    return name, dims, cur.u32(), cur.u64()
+
+
+def _place_tensors(
+    infos: list[tuple[str, tuple[int, ...], int, int]], data_start: int, cur: _Cursor
+) -> dict[str, GGUFTensorInfo]:
+    tensors: dict[str, GGUFTensorInfo] = {}
+    for name, dims, type_id, offset in infos:
+        try:
+            ggml_type = GGMLQuantizationType(type_id)
+            block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+        except (ValueError, KeyError):
+            raise cur.fail(f"tensor {name!r} has unknown GGML type {type_id}") from None
+        if any(d == 0 for d in dims) or dims[0] % block_size:
+            raise cur.fail(f"tensor {name!r} has bad dims {dims} for {ggml_type.name}")
+        num_elements = int(np.prod(dims, dtype=object))
+        num_bytes = num_elements // block_size * type_size
+        start = data_start + offset
+        if start + num_bytes > cur.size:
+            raise ModelLoadError(
+                f"{cur.path}: tensor {name!r} ({num_bytes} bytes at offset {start}) lies beyond "
+                f"the end of the file ({cur.size} bytes)",
+                hint="the file is truncated or corrupt; re-copy it",
+            )
+        if name in tensors:
+            raise cur.fail(f"duplicate tensor {name!r}")
+        shape = tuple(int(d) for d in reversed(dims))
+        tensors[name] = GGUFTensorInfo(name, shape, ggml_type, start, num_bytes)
+    return tensors
+
+
+# --- GGUF -> ModelConfig ---------------------------------------------------------------------
+
+LLAMA_ARCHS = ("llama", "qwen2", "mistral")
+GEMMA3_SLIDING_WINDOW_PATTERN = 6  # every 6th layer is global (transformers' Gemma3TextConfig)
+
+
+def config_from_gguf(gf: GGUFFile) -> ModelConfig:
+    """ModelConfig from GGUF metadata; raises ModelLoadError for an unsupported architecture."""
+    arch = gf.architecture
+    meta = gf.metadata
+    if arch not in (*LLAMA_ARCHS, "gemma3"):
+        raise ModelLoadError(
+            f"{gf.path.name}: GGUF architecture {arch!r} is not supported",
+            hint="supported: " + ", ".join((*LLAMA_ARCHS, "gemma3")),
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    for key in ("embedding_length", "block_count", "feed_forward_length", "attention.head_count"):
+        if get(key) is None:
+            raise ModelLoadError(f"{gf.path.name}: GGUF metadata lacks {arch}.{key}")
+    hidden = int(get("embedding_length"))
+    num_heads = int(get("attention.head_count"))
+    head_dim = int(
+        get("attention.key_length") or get("rope.dimension_count") or hidden // num_heads
+    )
+    num_layers = int(get("block_count"))
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab_size = get("vocab_size") or (len(tokens) if tokens else None)
+    if vocab_size is None:
+        vocab_size = gf.tensors["token_embd.weight"].shape[0]
+    if "rope_freqs.weight" in gf.tensors:
+        raise ModelLoadError(
+            f"{gf.path.name}: this GGUF stores Llama-3.1-style rope frequency factors "
+            "(rope_freqs.weight), which llmos does not read yet",
+            hint="load the model's Hugging Face folder instead",
+        )
+    cfg = ModelConfig(
+        architecture="gemma3" if arch == "gemma3" else "llama",
+        vocab_size=int(vocab_size),
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=int(get("attention.head_count_kv") or num_heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(get),
+        max_position_embeddings=int(get("context_length", 2048)),
+        tie_word_embeddings="output.weight" not in gf.tensors,
+        attention_bias="blk.0.attn_q.bias" in gf.tensors,
+        bos_token_id=_opt_int(meta.get("tokenizer.ggml.bos_token_id")),
+        eos_token_ids=[int(meta["tokenizer.ggml.eos_token_id"])]
+        if "tokenizer.ggml.eos_token_id" in meta
+        else [],
+        pad_token_id=_opt_int(meta.get("tokenizer.ggml.padding_token_id")),
+    )
+    if arch == "gemma3":
+        cfg.hidden_act = "gelu_pytorch_tanh"
+        cfg.rope_local_theta = 10000.0
+        window = get("attention.sliding_window")
+        cfg.sliding_window = int(window) if window is not None else None
+        cfg.layer_types = [
+            "full" if (i + 1) % GEMMA3_SLIDING_WINDOW_PATTERN == 0 else "sliding"
+            for i in range(num_layers)
+        ]
+        cfg.query_pre_attn_scalar = float(head_dim)
+        cfg.final_logit_softcapping = _opt_float(get("final_logit_softcapping"))
+        cfg.attn_logit_softcapping = _opt_float(get("attn_logit_softcapping"))
+    return cfg
+
+
+def _rope_scaling(get: Callable[..., Any]) -> dict[str, Any] | None:
+    kind = get("rope.scaling.type")
+    factor = get("rope.scaling.factor")
+    if kind in (None, "none") or not factor:
+        return None
+    scaling: dict[str, Any] = {"rope_type": str(kind), "factor": float(factor)}
+    original = get("rope.scaling.original_context_length")
+    if original:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# --- GGUF tensor names -> HF names -----------------------------------------------------------
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
+}
+# Gemma 3 has four norms per block; llama.cpp's ffn_norm is its pre-feedforward norm.
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)")
+
+
+def hf_name(gguf_name: str, arch: str) -> str | None:
+    """The transformers name of a GGUF tensor, or None if llmos has no use for it."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _LAYER_RE.fullmatch(gguf_name)
+    if m is None:
+        return None
+    table = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+    part = table.get(m.group(2))
+    return None if part is None else f"model.layers.{m.group(1)}.{part}.{m.group(3)}"
+
+
+def unpermute_rotary(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation (interleaved -> HF ``rotate_half`` layout).
+
+    The converter regroups each head's rows from ``[2, d/2]`` to ``[d/2, 2]``; we swap back.
+    w: [num_heads * head_dim, ...] -> same shape.
+    """
+    rows = w.shape[0]
+    return (
+        w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
+        .transpose(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def iter_hf_weights(
+    gf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(hf_name, tensor)`` for every weight, dequantized to ``dtype``, one at a time."""
+    arch = gf.architecture
+    for info in gf.tensors.values():
+        name = hf_name(info.name, arch)
+        if name is None:
+            raise ModelLoadError(
+                f"{gf.path.name}: unexpected tensor {info.name!r} for architecture {arch!r}",
+                hint="this GGUF variant is not supported by llmos",
+            )
+        w = torch.from_numpy(gf.dequantize(info))
+        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+            w = unpermute_rotary(w, cfg.num_heads)
+        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+            w = unpermute_rotary(w, cfg.num_kv_heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            w = w - 1.0  # llama.cpp stores Gemma's (1 + w); HF keeps w
+        yield name, w.to(dtype).contiguous()
+
+
+def load_gguf_weights(
+    gf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """All weights of a GGUF file under HF names (see module docstring for the conventions)."""
+    weights = dict(iter_hf_weights(gf, cfg, dtype))
+    _check_weights(gf, cfg, weights)
+    return weights
+
+
+def _check_weights(gf: GGUFFile, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    expected = {
+        "model.embed_tokens.weight": (cfg.vocab_size, cfg.hidden_size),
+        "model.layers.0.self_attn.q_proj.weight": (cfg.num_heads * cfg.head_dim, cfg.hidden_size),
+        "model.layers.0.self_attn.k_proj.weight": (
+            cfg.num_kv_heads * cfg.head_dim,
+            cfg.hidden_size,
+        ),
+        "model.layers.0.mlp.gate_proj.weight": (cfg.intermediate_size, cfg.hidden_size),
+        "model.norm.weight": (cfg.hidden_size,),
+    }
+    for name, shape in expected.items():
+        got = tuple(weights[name].shape) if name in weights else None
+        if got != shape:
+            raise ModelLoadError(
+                f"{gf.path.name}: tensor {name} has shape {got}, expected {shape} from the metadata"
+            )
+    last = f"model.layers.{cfg.num_layers - 1}.mlp.down_proj.weight"
+    if last not in weights:
+        raise ModelLoadError(f"{gf.path.name}: missing {last} ({cfg.num_layers} layers declared)")

