@@ -29,7 +29,7 @@ from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 from llmos.storage.manifest import ModelFile, ModelManifest
 from llmos.storage.names import ModelRef, validate_name
 from llmos.storage.packages import PackageSource, is_package_source, locate
-from llmos.storage.schema import ModelFileRow, ModelRow
+from llmos.storage.schema import ModelFileRow, ModelRow, as_utc
 from llmos.storage.store import Storage
 
 logger = logging.getLogger(__name__)
@@ -146,9 +146,7 @@ class Registry:
                         hint="reinstall the package",
                     ) from None
                 done += size
-                files.append(
-                    ModelFile(path=fname, role=role, digest=digest, size_bytes=size)  # type: ignore[arg-type]
-                )
+                files.append(ModelFile(path=fname, role=role, digest=digest, size_bytes=size))
             if prepared.format == "gguf":
                 # The metadata stored is read from the stored bytes, not the source.
                 prepared = _prepare_gguf(self.storage.blobs.path(files[0].digest), files[0].path)
@@ -545,7 +543,7 @@ def _manifest(row: ModelRow) -> ModelManifest:
     return ModelManifest(
         name=row.name,
         tag=row.tag,
-        format=row.format,  # type: ignore[arg-type]
+        format=row.format,
         architecture=row.architecture,
         parameters=row.parameters,
         quantization=row.quantization,
@@ -555,9 +553,9 @@ def _manifest(row: ModelRow) -> ModelManifest:
         tokenizer=row.tokenizer,
         chat_template=row.chat_template,
         source=row.source,
-        created_at=row.created_at,
+        created_at=as_utc(row.created_at),
         files=[
-            ModelFile(path=f.path, role=f.role, digest=f.digest, size_bytes=f.size_bytes)  # type: ignore[arg-type]
+            ModelFile(path=f.path, role=f.role, digest=f.digest, size_bytes=f.size_bytes)
             for f in row.files
         ],
     )
