@@ -29,6 +29,8 @@ from llmos.errors import (
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
+# Failures a retry would not fix (the SDK retries every 5xx unless told not to).
+NO_RETRY_CODES = {"kernel_dead", "process_killed"}
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -53,7 +55,7 @@ def llmos_error_body(exc: LlmosError) -> dict[str, Any]:
 
 def llmos_error_headers(exc: LlmosError) -> dict[str, str]:
     """Retry hints for the openai SDK: it retries 429/5xx by itself unless told not to."""
-    if isinstance(exc, KernelDead):
+    if isinstance(exc, KernelDead) or exc.code in NO_RETRY_CODES:
         return {"x-should-retry": "false"}
     if exc.status_code in (429, 503):
         return {"Retry-After": str(RETRY_AFTER_S)}
@@ -108,7 +110,7 @@ _TYPE_TAGS = {"body", "query", "path", "str", "int", "float", "bool", "none", "l
 
 def _is_tag(part: str) -> bool:
     # model class names (CamelCase) also appear as union tags
-    return part in _TYPE_TAGS or "[" in part or part[:1].isupper()
+    return part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper()
 
 
 async def _on_llmos_error(request: Request, exc: Exception) -> JSONResponse:
