@@ -47,7 +47,10 @@ def open_storage() -> Storage:
 
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[ProgressFn]:
-    """A byte progress bar on stderr; yields the callback storage functions take."""
+    """A byte progress bar on stderr (when it is a terminal); yields the storage callback."""
+    if not err_console.is_terminal:
+        yield lambda _done, _total: None
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

