@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from llmos.kernel.backends.cpu import AttentionMetadata, KVCache, PrefillSeq
+from llmos.kernel.backends.cpu import AttentionMetadata, KVCache
 from llmos.kernel.scheduler import Batch, ScheduledProcess
 from llmos.models.registry import CausalLM
 
@@ -53,51 +53,44 @@ class ModelRunner:
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
-        decode_rows: list[int] = []
-        decode_tables: list[list[int]] = []
-        decode_ctx: list[int] = []
-        prefills: list[PrefillSeq] = []
+        tables: list[list[int]] = []
+        row_seq: list[int] = []
+        seq_rows: list[tuple[int, int, int]] = []
         logit_rows: list[int] = []
         sampled: list[ScheduledProcess] = []
-        for item in batch.items:
+        for seq_idx, item in enumerate(batch.items):
             proc, n = item.proc, item.num_new_tokens
             start = proc.num_computed_tokens
             row = len(ids)
-            ids.extend(proc.token_ids[start : start + n])
-            table = proc.block_table
-            for p in range(start, start + n):
-                pos.append(p)
-                slots.append(table[p // bs] * bs + p % bs)
             ctx = start + n
-            num_blocks = -(-ctx // bs)
-            if n == 1:
-                decode_rows.append(row)
-                decode_tables.append(table[:num_blocks])
-                decode_ctx.append(ctx)
-            else:
-                bt = torch.tensor(table[:num_blocks], dtype=torch.long, device=self.device)
-                prefills.append(PrefillSeq(row, n, ctx, bt))
+            table = proc.block_table[: -(-ctx // bs)]
+            ids.extend(proc.token_ids[start:ctx])
+            pos.extend(range(start, ctx))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, ctx))
+            tables.append(table)
+            row_seq.extend([seq_idx] * n)
+            seq_rows.append((row, n, ctx))
             if item.needs_logits:
                 logit_rows.append(row + n - 1)
                 sampled.append(item)
-        num_rows = len(ids)
-        pad = max(0, self.min_rows - num_rows)
-        trash = self.kv.trash_block * bs
+        pad = max(0, self.min_rows - len(ids))
+        trash = self.kv.trash_block
         ids.extend([0] * pad)
         pos.extend([0] * pad)
-        slots.extend(trash + (i % bs) for i in range(pad))
-        width = max((len(t) for t in decode_tables), default=0)
-        padded = [t + [self.kv.trash_block] * (width - len(t)) for t in decode_tables]
+        slots.extend(trash * bs + i % bs for i in range(pad))
+        width = max(len(t) for t in tables)
+        padded = [t + [trash] * (width - len(t)) for t in tables]
 
-        def tensor(x: list[int] | list[list[int]]) -> torch.Tensor:
+        def tensor(x: list[int] | list[list[int]] | range) -> torch.Tensor:
             return torch.tensor(x, dtype=torch.long, device=self.device)
 
+        row_ctx = [p + 1 for p in pos[: len(row_seq)]]
         meta = AttentionMetadata(
             slot_mapping=tensor(slots),
-            decode_rows=tensor(decode_rows),
-            decode_block_tables=tensor(padded).view(len(padded), width),
-            decode_ctx_lens=tensor(decode_ctx),
-            prefills=prefills,
-            num_rows=num_rows + pad,
+            block_tables=tensor(padded),
+            row_seq=tensor(row_seq),
+            row_ctx=tensor(row_ctx),
+            seq_rows=seq_rows,
+            max_ctx=max(ctx for _, _, ctx in seq_rows),
         )
         return tensor(ids), tensor(pos), meta, logit_rows, sampled

@@ -92,7 +92,7 @@ class LlamaForCausalLM:
             q = self.rope.apply(q.view(T, c.num_heads, c.head_dim), positions)
             k = self.rope.apply(k.view(T, c.num_kv_heads, c.head_dim), positions)
             v = v.reshape(T, c.num_kv_heads, c.head_dim)
-            attn = paged_attention(q, k, v, kv.data[i, 0], kv.data[i, 1], meta, scale=c.attn_scale)
+            attn = paged_attention(q, k, v, kv.k[i], kv.v[i], meta, scale=c.attn_scale)
             h = h + F.linear(attn, layer.o)
             x = rms_norm(h, layer.post_norm, c.rms_norm_eps)
             h = h + gated_mlp(x, layer.gate_up, layer.down, c.hidden_act)

@@ -1,44 +1,47 @@
-"""Paged attention in plain PyTorch (CPU, and any device torch runs on).
+"""The KV cache and paged attention: each query row attends to its sequence's keys in the pool.
 
 Batch invariance: a query's attention must not depend on how its keys were chunked or which
-other queries share the call. Scores, softmax and the weighted sum run in float64 and are
-rounded to float32 at the end; float64 products of float32 inputs are exact, and the float64
-sums' order-dependent error (~1e-16 relative) vanishes in that final rounding, so prefill
-chunks, decode steps and any batch mix give the same float32 result. It costs little: attention
-is a small share of this model size's FLOPs (see docs/design/kernel.md).
+other queries share the call. The native kernel (csrc/paged_attention.c) computes every row on
+its own with sums in one fixed order, reading K/V straight from the pool through the block
+table. The PyTorch fallback (no C compiler, or a non-CPU device) runs scores, softmax and the
+weighted sum in float64 and rounds to float32, which hides order effects in practice; see
+docs/design/kernel.md.
 """
 
 from __future__ import annotations
 
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+
+from llmos.kernel.backends import native
 
 _NEG_INF = float("-inf")
 
 
 @dataclass(slots=True)
-class PrefillSeq:
-    row_start: int  # first row of this sequence's queries in the flat batch
-    num_rows: int  # queries this tick
-    ctx_len: int  # keys after this tick (computed + new)
-    block_table: torch.Tensor  # [num_blocks] long
-
-
-@dataclass(slots=True)
 class AttentionMetadata:
-    """How the flat batch of T rows maps onto sequences and KV slots for one forward pass."""
+    """How the flat batch of T rows maps onto sequences and KV slots for one forward pass.
+
+    Rows of one sequence are contiguous and in position order; pad rows (T - R of them, at the
+    end) write their K/V into the trash block and are not attended.
+    """
 
     slot_mapping: torch.Tensor  # [T] long: where each row's K/V is written
-    decode_rows: torch.Tensor  # [S] long: row of each single-query sequence
-    decode_block_tables: torch.Tensor  # [S, max_blocks] long (padded with the trash block)
-    decode_ctx_lens: torch.Tensor  # [S] long
-    prefills: list[PrefillSeq]
-    num_rows: int
+    block_tables: torch.Tensor  # [S, max_blocks] long (padded with the trash block)
+    row_seq: torch.Tensor  # [R] long: the sequence of each real row
+    row_ctx: torch.Tensor  # [R] long: keys each row sees (its position + 1)
+    seq_rows: list[tuple[int, int, int]]  # per sequence: (first row, num rows, context length)
+    max_ctx: int
 
 
 class KVCache:
-    """K and V for every layer: [num_blocks + 1, block_size, kv_heads, head_dim] each.
+    """K and V for every layer, in blocks (see csrc/paged_attention.c for why these layouts):
+
+    k: [num_layers, num_blocks + 1, kv_heads, head_dim, block_size]
+    v: [num_layers, num_blocks + 1, block_size, kv_heads, head_dim]
 
     The extra last block is the trash block: padding rows write there and nothing reads it.
     Swap tensors hold swapped-out blocks in host memory.
@@ -56,12 +59,14 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (num_layers, 2, num_blocks + 1, block_size, num_kv_heads, head_dim)
-        self.data = torch.zeros(shape, dtype=dtype, device=device)
+        nb, bs, Hkv, D = num_blocks + 1, block_size, num_kv_heads, head_dim
+        self.k = torch.zeros((num_layers, nb, Hkv, D, bs), dtype=dtype, device=device)
+        self.v = torch.zeros((num_layers, nb, bs, Hkv, D), dtype=dtype, device=device)
         self.trash_block = num_blocks
         self.block_size = block_size
-        swap_shape = (num_layers, 2, max(num_swap_slots, 1), block_size, num_kv_heads, head_dim)
-        self.swap = torch.empty(swap_shape, dtype=dtype, device="cpu")
+        ns = max(num_swap_slots, 1)
+        self.swap_k = torch.empty((num_layers, ns, Hkv, D, bs), dtype=dtype, device="cpu")
+        self.swap_v = torch.empty((num_layers, ns, bs, Hkv, D), dtype=dtype, device="cpu")
 
     @staticmethod
     def bytes_per_block(
@@ -77,12 +82,99 @@ class KVCache:
     def swap_out(self, pairs: list[tuple[int, int]]) -> None:
         if pairs:
             blocks, slots = (torch.tensor(x) for x in zip(*pairs, strict=True))
-            self.swap[:, :, slots] = self.data[:, :, blocks].to("cpu")
+            self.swap_k[:, slots] = self.k[:, blocks].to("cpu")
+            self.swap_v[:, slots] = self.v[:, blocks].to("cpu")
 
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         if pairs:
             slots, blocks = (torch.tensor(x) for x in zip(*pairs, strict=True))
-            self.data[:, :, blocks] = self.swap[:, :, slots].to(self.data.device)
+            self.k[:, blocks] = self.swap_k[:, slots].to(self.k.device)
+            self.v[:, blocks] = self.swap_v[:, slots].to(self.v.device)
+
+
+class _NativeAttention:
+    """Calls the C kernel, splitting rows over threads (ctypes releases the GIL)."""
+
+    def __init__(self, lib: ctypes.CDLL, num_threads: int) -> None:
+        self.fn = lib.paged_attention_f32
+        self.num_threads = max(1, num_threads)
+        self.pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        out: torch.Tensor,
+        scale: float,
+        window: int | None,
+        softcap: float | None,
+    ) -> None:
+        num_rows = meta.row_seq.numel()
+        if num_rows == 0:
+            return
+        T, H, D = q.shape
+        Hkv, Dv = k_cache.shape[1], v_cache.shape[3]
+        args = (
+            q.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            meta.block_tables.data_ptr(),
+            meta.block_tables.shape[1],
+            meta.row_seq.data_ptr(),
+            meta.row_ctx.data_ptr(),
+        )
+        tail = (
+            meta.max_ctx,
+            H,
+            Hkv,
+            D,
+            Dv,
+            k_cache.shape[3],
+            scale,
+            window or 0,
+            softcap or 0.0,
+            out.data_ptr(),
+        )
+        # rows cost ~ their context: split so each thread gets about the same number of keys
+        n = self.num_threads if self.pool is not None and num_rows >= 2 * self.num_threads else 1
+        bounds = _balanced_split(meta.row_ctx, n)
+        if n == 1:
+            self._check(self.fn(*args, 0, num_rows, *tail))
+            return
+        futures = [
+            self.pool.submit(self.fn, *args, lo, hi, *tail)  # type: ignore[union-attr]
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        for f in futures:
+            self._check(f.result())
+
+    @staticmethod
+    def _check(rc: int) -> None:
+        if rc != 0:
+            raise MemoryError("paged attention kernel could not allocate scratch memory")
+
+
+_native: _NativeAttention | None = None
+
+
+def _balanced_split(row_ctx: torch.Tensor, n: int) -> list[int]:
+    if n == 1:
+        return [0, row_ctx.numel()]
+    cum = torch.cumsum(row_ctx, 0)
+    targets = cum[-1] * torch.arange(1, n) / n
+    cuts = torch.searchsorted(cum, targets).tolist()
+    return [0, *cuts, row_ctx.numel()]
+
+
+def native_attention() -> _NativeAttention | None:
+    global _native
+    if _native is None:
+        lib = native.load()
+        if lib is not None:
+            _native = _NativeAttention(lib, torch.get_num_threads())
+    return _native
 
 
 def paged_attention(
@@ -97,77 +189,43 @@ def paged_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Write k/v into the cache, then attend each query to its sequence's keys.
+    """Write k/v into the cache, then attend each query row to its sequence's keys.
 
-    q: [T, H, D], k/v: [T, Hkv, D], caches: [num_blocks + 1, block_size, Hkv, D] -> [T, H * D]
+    q: [T, H, D], k/v: [T, Hkv, D], k_cache: [blocks, Hkv, D, bs], v_cache: [blocks, bs, Hkv, D]
+    -> [T, H * D]
     """
-    T, H, D = q.shape
-    Hkv = k.shape[1]
-    k_cache.view(-1, Hkv, D).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, Hkv, D).index_copy_(0, meta.slot_mapping, v)
+    T, H, _ = q.shape
+    bs = v_cache.shape[1]
+    k_cache[meta.slot_mapping // bs, :, :, meta.slot_mapping % bs] = k
+    v_cache.view(-1, v.shape[1], v.shape[2]).index_copy_(0, meta.slot_mapping, v)
     out = torch.zeros(T, H, v.shape[-1], dtype=q.dtype, device=q.device)
-    if meta.decode_rows.numel():
-        out[meta.decode_rows] = _decode(
-            q[meta.decode_rows], k_cache, v_cache, meta, scale, sliding_window, softcap
-        )
-    for seq in meta.prefills:
-        rows = slice(seq.row_start, seq.row_start + seq.num_rows)
-        out[rows] = _prefill(q[rows], k_cache, v_cache, seq, scale, sliding_window, softcap)
+    kernel = native_attention() if q.device.type == "cpu" and q.dtype == torch.float32 else None
+    if kernel is not None:
+        kernel(q.contiguous(), k_cache, v_cache, meta, out, scale, sliding_window, softcap)
+    else:
+        for seq_idx, (row, n, ctx) in enumerate(meta.seq_rows):
+            table = meta.block_tables[seq_idx]
+            out[row : row + n] = _attend_torch(
+                q[row : row + n], k_cache, v_cache, table, ctx, scale, sliding_window, softcap
+            )
     return out.view(T, -1)
 
 
-def _decode(
+def _attend_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    meta: AttentionMetadata,
+    table: torch.Tensor,
+    ctx: int,
     scale: float,
     window: int | None,
     softcap: float | None,
 ) -> torch.Tensor:
-    """q: [S, H, D] (one query per sequence) -> [S, H, D]."""
-    S, H, D = q.shape
-    bt = meta.decode_block_tables
-    ctx = meta.decode_ctx_lens
-    num_blocks = bt.shape[1]
-    first_block = 0
-    if window is not None:
-        # only the blocks the window can reach: skip leading blocks no sequence needs
-        min_start = int((ctx - window).clamp(min=0).min())
-        first_block = min_start // k_cache.shape[1]
-        bt = bt[:, first_block:]
-    keys = k_cache[bt].flatten(1, 2).double()  # [S, L, Hkv, D]
-    values = v_cache[bt].flatten(1, 2).double()
-    Hkv = keys.shape[2]
-    L = keys.shape[1]
-    qg = q.double().view(S, Hkv, H // Hkv, D)
-    scores = torch.einsum("skgd,slkd->skgl", qg, keys) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    pos = torch.arange(L, device=q.device) + first_block * k_cache.shape[1]
-    mask = pos[None, :] >= ctx[:, None]
-    if window is not None:
-        mask |= pos[None, :] < (ctx[:, None] - window)
-    scores.masked_fill_(mask[:, None, None, :], _NEG_INF)
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.einsum("skgl,slkd->skgd", probs, values)
-    del num_blocks
-    return out.reshape(S, H, -1).to(q.dtype)
-
-
-def _prefill(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    seq: PrefillSeq,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
-) -> torch.Tensor:
-    """q: [n, H, D] (the sequence's new queries, last ones of its context) -> [n, H, D]."""
+    """q: [n, H, D] (a sequence's last n queries of a context of `ctx`) -> [n, H, Dv]."""
     n, H, D = q.shape
-    keys = k_cache[seq.block_table].flatten(0, 1)[: seq.ctx_len].double()  # [L, Hkv, D]
-    values = v_cache[seq.block_table].flatten(0, 1)[: seq.ctx_len].double()
+    num_blocks = -(-ctx // v_cache.shape[1])
+    keys = k_cache[table[:num_blocks]].permute(0, 3, 1, 2).flatten(0, 1)[:ctx].double()
+    values = v_cache[table[:num_blocks]].flatten(0, 1)[:ctx].double()
     L, Hkv = keys.shape[0], keys.shape[1]
     qg = q.double().view(n, Hkv, H // Hkv, D)
     scores = torch.einsum("nkgd,lkd->kgnl", qg, keys) * scale

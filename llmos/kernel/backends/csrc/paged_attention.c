@@ -1,0 +1,128 @@
+/* Paged attention for CPU, float32, one query row at a time.
+ *
+ * Batch invariance by construction: the result for a query depends only on the query, its
+ * sequence's keys/values and its context length. Every sum runs in one fixed order (a score
+ * sums over head_dim in index order; softmax and the weighted sum run over keys in position
+ * order), whatever the number of rows in the call, however keys were chunked, whichever thread
+ * runs the row. K/V are read straight from the block pool through the block table.
+ *
+ * Layouts (slot = block * bs + offset):
+ *   k_cache [num_blocks, Hkv, D, bs]   keys of a block side by side, so one query element
+ *                                      multiplies bs keys in one vector op (no horizontal sums)
+ *   v_cache [num_blocks, bs, Hkv, Dv]  one value vector per key and head
+ * A query head reads its KV head's block from L1/L2 (GQA heads of one group follow each other).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+/* e^x for x <= 0, ~1 ulp; plain arithmetic so the compiler vectorizes it, and the same code
+ * for every row keeps results identical across batches */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* scores of one query head against one block of keys: out[l] = sum_d q[d] * kt[d][l] */
+static inline void block_dots(const float *restrict q, const float *restrict kt, int64_t D,
+                              int64_t bs, float *restrict out) {
+    if (bs == 16) { /* the default block size: 16 accumulators stay in two vector registers */
+        float a[16] = {0};
+        for (int64_t d = 0; d < D; d++) {
+            const float qd = q[d];
+            const float *restrict kr = kt + d * 16;
+            for (int l = 0; l < 16; l++) a[l] += qd * kr[l];
+        }
+        memcpy(out, a, sizeof a);
+        return;
+    }
+    for (int64_t l = 0; l < bs; l++) out[l] = 0;
+    for (int64_t d = 0; d < D; d++) {
+        const float qd = q[d];
+        const float *restrict kr = kt + d * bs;
+        for (int64_t l = 0; l < bs; l++) out[l] += qd * kr[l];
+    }
+}
+
+static void attend_head(const float *restrict qh, const float *k_cache,
+                        const float *v_cache, const int64_t *table, int64_t g, int64_t start,
+                        int64_t ctx, int64_t Hkv, int64_t D, int64_t Dv, int64_t bs,
+                        float scale, float softcap, float *restrict scores,
+                        float *restrict acc, float *restrict dots, float *restrict out) {
+    const int64_t n = ctx - start;
+    float m = -INFINITY;
+    for (int64_t b = start / bs; b * bs < ctx; b++) {
+        block_dots(qh, k_cache + (table[b] * Hkv + g) * D * bs, D, bs, dots);
+        const int64_t lo = b * bs < start ? start - b * bs : 0;
+        const int64_t hi = (b + 1) * bs > ctx ? ctx - b * bs : bs;
+        for (int64_t l = lo; l < hi; l++) {
+            float s = dots[l] * scale;
+            if (softcap > 0) s = tanhf(s / softcap) * softcap;
+            scores[b * bs + l - start] = s;
+            m = s > m ? s : m;
+        }
+    }
+    for (int64_t j = 0; j < n; j++) scores[j] = exp_neg(scores[j] - m);
+    float total = 0;
+    for (int64_t j = 0; j < n; j++) total += scores[j];
+    for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
+    for (int64_t b = start / bs; b * bs < ctx; b++) {
+        const int64_t lo = b * bs < start ? start - b * bs : 0;
+        const int64_t hi = (b + 1) * bs > ctx ? ctx - b * bs : bs;
+        const float *vb = v_cache + (table[b] * bs * Hkv + g) * Dv;
+        for (int64_t l = lo; l < hi; l++) {
+            const float p = scores[b * bs + l - start];
+            const float *restrict vv = vb + l * Hkv * Dv;
+            for (int64_t d = 0; d < Dv; d++) acc[d] += p * vv[d];
+        }
+    }
+    const float inv = 1.0f / total;
+    for (int64_t d = 0; d < Dv; d++) out[d] = acc[d] * inv;
+}
+
+/* q: [T, H, D]; tables: [num_seqs, max_blocks]; rows [row_begin, row_end) are computed, row r
+ * being row r of q/out, of sequence row_seq[r], seeing row_ctx[r] keys (its position + 1), or
+ * only the last `window` of them when window > 0. out: [T, H, Dv].
+ * Returns 0, or -1 when scratch memory could not be allocated. */
+int paged_attention_f32(const float *q, const float *k_cache, const float *v_cache,
+                        const int64_t *tables, int64_t max_blocks, const int64_t *row_seq,
+                        const int64_t *row_ctx, int64_t row_begin, int64_t row_end,
+                        int64_t max_ctx, int64_t H, int64_t Hkv, int64_t D, int64_t Dv,
+                        int64_t bs, float scale, int64_t window, float softcap, float *out) {
+    const int64_t G = H / Hkv;
+    float *scores = malloc(sizeof(float) * (size_t)(max_ctx > 0 ? max_ctx : 1));
+    float *acc = malloc(sizeof(float) * (size_t)Dv);
+    float *dots = malloc(sizeof(float) * (size_t)bs);
+    if (!scores || !acc || !dots) {
+        free(scores);
+        free(acc);
+        free(dots);
+        return -1;
+    }
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const int64_t ctx = row_ctx[r];
+        const int64_t start = (window > 0 && ctx > window) ? ctx - window : 0;
+        const int64_t *table = tables + row_seq[r] * max_blocks;
+        for (int64_t h = 0; h < H; h++)
+            attend_head(q + (r * H + h) * D, k_cache, v_cache, table, h / G, start, ctx, Hkv,
+                        D, Dv, bs, scale, softcap, scores, acc, dots, out + (r * H + h) * Dv);
+    }
+    free(scores);
+    free(acc);
+    free(dots);
+    return 0;
+}
