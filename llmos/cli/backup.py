@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from llmos.cli.common import console
-from llmos.cli.models import StorageGroup, human_bytes, progress_bar
-from llmos.config import Settings
+from llmos.cli.models import StorageGroup, human_bytes, progress_bar, storage_config
 from llmos.storage.backup import create_backup, restore_backup, verify_backup
 
 app = typer.Typer(
@@ -25,7 +24,7 @@ def create(
 ) -> None:
     """Write a consistent snapshot of the database and manifests (and blobs) to one archive."""
     with progress_bar("backing up") as update:
-        out = create_backup(Settings().storage, path, with_blobs=with_blobs, on_progress=update)
+        out = create_backup(storage_config(), path, with_blobs=with_blobs, on_progress=update)
     console.print(f"backup written to {out} ({human_bytes(out.stat().st_size)})", markup=False)
 
 
@@ -48,7 +47,7 @@ def restore(
 ) -> None:
     """Verify an archive, then replace the data dir with its contents atomically."""
     with progress_bar("restoring") as update:
-        info = restore_backup(path, Settings().storage, force=force, on_progress=update)
+        info = restore_backup(path, storage_config(), force=force, on_progress=update)
     console.print(
         f"restored {info.num_models} model(s) and {info.num_datasets} dataset(s) from {path}",
         markup=False,

@@ -29,12 +29,13 @@ def _start(*args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, str(DRIVER), *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # a killed driver may leave a half-written traceback
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    first = proc.stdout.readline().strip()
+    assert first == "ready", f"driver failed to start (rc={proc.poll()}): {first!r}"
     return proc
 
 
@@ -102,18 +103,18 @@ def test_kill_during_writer_loop_keeps_every_acknowledged_operation(tmp_path):
         acked = _kill_after(proc, rng.uniform(0.2, 2.0))
         storage = _open(home)
         registry, datasets = Registry(storage), Datasets(storage)
-        assert storage.db.integrity_check() == "ok"
-        assert _temps(home) == []
+        assert storage.db.integrity_check() == "ok", acked
+        assert _temps(home) == [], acked
         expected: dict[str, bool] = {}  # model name -> present, after every acked operation
         for op, name in zip(acked[::2], acked[1::2], strict=True):
             if op == "data":
-                assert datasets.show(name).num_records == 50
+                assert datasets.show(name).num_records == 50, acked
             else:
                 expected[name] = op != "rm"
         for name, present in expected.items():
-            assert registry.exists(name) == present, name
+            assert registry.exists(name) == present, (name, acked)
             if present:
-                assert [r.is_ok for r in registry.verify(name)] == [True]
+                assert [r.is_ok for r in registry.verify(name)] == [True], (name, acked)
         total_acked += len(acked) // 2
         storage.close()
     storage = _open(home)
