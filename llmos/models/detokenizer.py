@@ -8,10 +8,8 @@ incomplete UTF-8 sequence (U+FFFD) is held back until the next token completes i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-from tokenizers import Tokenizer as BackendTokenizer
 
 # Prompt tokens kept as left context, so the first output token decodes with the right
 # leading space (SentencePiece "▁", byte-level "Ġ") and any partial character is completed.
@@ -21,7 +19,7 @@ _REPLACEMENT = "\ufffd"
 
 @dataclass(slots=True)
 class IncrementalDecoder:
-    backend: BackendTokenizer
+    decode: Callable[[list[int], bool], str]  # (ids, skip_special_tokens) -> text
     skip_special_tokens: bool = True
     ids: list[int] = field(default_factory=list)
     prefix_offset: int = 0  # start of the decode window
@@ -30,16 +28,16 @@ class IncrementalDecoder:
     @classmethod
     def start(
         cls,
-        backend: BackendTokenizer,
+        decode: Callable[[list[int], bool], str],
         *,
         skip_special_tokens: bool = True,
         prompt_ids: Sequence[int] = (),
     ) -> IncrementalDecoder:
         context = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:]) if prompt_ids else []
-        return cls(backend, skip_special_tokens, context, 0, len(context))
+        return cls(decode, skip_special_tokens, context, 0, len(context))
 
     def _decode(self, ids: list[int]) -> str:
-        return str(self.backend.decode(ids, skip_special_tokens=self.skip_special_tokens))
+        return self.decode(ids, self.skip_special_tokens)
 
     def push(self, token_id: int) -> str:
         """Add one generated token; return the newly completed text (may be "")."""

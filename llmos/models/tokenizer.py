@@ -76,6 +76,8 @@ class Tokenizer:
         eos_token_ids: Sequence[int],
         add_bos_token: bool,
         kind: TokenKind,
+        byte_exact_decode: bool = False,
+        strip_leading_space: bool = False,
     ) -> None:
         self.backend = backend
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
@@ -86,9 +88,18 @@ class Tokenizer:
         self.bos_token: str | None = self._piece_or_none(bos_token_id)
         first_eos = self.eos_token_ids[0] if self.eos_token_ids else None
         self.eos_token: str | None = self._piece_or_none(first_eos)
+        added = backend.get_added_tokens_decoder()
         self.special_token_ids: frozenset[int] = frozenset(
-            i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
+            i for i, tok in added.items() if tok.special
         )
+        self._added_token_ids = frozenset(added)
+        # SentencePiece byte fallback in `tokenizers` turns a whole run of byte tokens into
+        # U+FFFDs when any byte in it is invalid, so text already streamed could change later.
+        # We decode such vocabularies from token bytes instead: identical on valid UTF-8, and
+        # invalid bytes only ever affect themselves (what streaming needs).
+        self._byte_exact_decode = byte_exact_decode
+        self._strip_leading_space = strip_leading_space
+        self._piece_bytes: list[bytes] | None = None
 
     def _piece_or_none(self, token_id: int | None) -> str | None:
         return None if token_id is None else self.backend.id_to_token(token_id)
@@ -103,7 +114,21 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return str(self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
+        if not self._byte_exact_decode:
+            return str(self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
+        table = self._piece_bytes
+        if table is None:
+            table = self._piece_bytes = [self.token_to_bytes(i) for i in range(self.vocab_size)]
+        skip = self.special_token_ids if skip_special_tokens else frozenset()
+        try:
+            raw = b"".join(table[i] for i in ids if i not in skip)
+        except IndexError:
+            raise IndexError(f"token id outside the vocabulary ({self.vocab_size})") from None
+        text = raw.decode("utf-8", errors="replace")
+        return text[1:] if self._strip_leading_space and text.startswith(" ") else text
+
+    def _decode_for_stream(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_str(self, token_id: int) -> str:
         """The text of one token as it reads mid-sentence (leading space kept); for logprobs."""
@@ -114,7 +139,7 @@ class Tokenizer:
         piece = self.backend.id_to_token(token_id)
         if piece is None:
             raise IndexError(f"token id {token_id} is outside the vocabulary ({self.vocab_size})")
-        if token_id in self.special_token_ids or self._is_added(token_id):
+        if token_id in self._added_token_ids:
             return piece.encode("utf-8")
         if self.kind == "byte_level":
             table = unicode_to_byte()
@@ -127,15 +152,12 @@ class Tokenizer:
             return piece.replace("\u2581", " ").encode("utf-8")
         return piece.encode("utf-8")
 
-    def _is_added(self, token_id: int) -> bool:
-        return token_id in self.backend.get_added_tokens_decoder()
-
     def incremental_decoder(
         self, *, skip_special_tokens: bool = True, prompt_ids: Sequence[int] = ()
     ) -> IncrementalDecoder:
         """A streaming decoder whose deltas join to ``decode(all pushed ids)``."""
         return IncrementalDecoder.start(
-            self.backend, skip_special_tokens=skip_special_tokens, prompt_ids=prompt_ids
+            self._decode_for_stream, skip_special_tokens=skip_special_tokens, prompt_ids=prompt_ids
         )
 
     # --- construction ----------------------------------------------------------------------
@@ -210,6 +232,8 @@ class Tokenizer:
             eos_token_ids=[] if eos is None else [int(eos)],
             add_bos_token=bool(add_bos),
             kind=kind,
+            byte_exact_decode=kind == "sentencepiece",
+            strip_leading_space=bool(metadata.get("tokenizer.ggml.add_space_prefix", False)),
         )
 
 
