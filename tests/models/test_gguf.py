@@ -359,3 +359,82 @@ def test_weights_follow_dtype(smollm2_gguf_path: Path) -> None:
     cfg = config_from_gguf(gf)
     name, w = next(iter_hf_weights(gf, cfg, torch.bfloat16))
     assert w.dtype == torch.bfloat16 and w.is_contiguous() and name.startswith("model.")
+
+
+def _write_tiny(path: Path, arch: str, kv: dict[str, object], *, bias: bool = False) -> None:
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    for key, value in kv.items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, int(value))  # type: ignore[call-overload]
+    names = {
+        "token_embd.weight": (3, 8),
+        "output.weight": (3, 8),
+        "output_norm.weight": (8,),
+        "blk.0.attn_norm.weight": (8,),
+        "blk.0.ffn_norm.weight": (8,),
+        "blk.0.attn_q.weight": (8, 8),
+        "blk.0.attn_k.weight": (4, 8),
+        "blk.0.attn_v.weight": (4, 8),
+        "blk.0.attn_output.weight": (8, 8),
+        "blk.0.ffn_gate.weight": (16, 8),
+        "blk.0.ffn_up.weight": (16, 8),
+        "blk.0.ffn_down.weight": (8, 16),
+    }
+    if bias:
+        names |= {"blk.0.attn_q.bias": (8,), "blk.0.attn_k.bias": (4,), "blk.0.attn_v.bias": (4,)}
+    rng = np.random.default_rng(2)
+    for name, shape in names.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_llama_rope_scaling_and_untied_head(tmp_path: Path) -> None:
+    path = tmp_path / "scaled.gguf"
+    _write_tiny(
+        path,
+        "llama",
+        {
+            "llama.rope.scaling.type": "linear",
+            "llama.rope.scaling.factor": 4.0,
+            "llama.rope.scaling.original_context_length": 2048,
+            "llama.vocab_size": 3,
+        },
+    )
+    gf = read_gguf(path)
+    cfg = config_from_gguf(gf)
+    assert cfg.rope_scaling == {
+        "rope_type": "linear",
+        "factor": 4.0,
+        "original_max_position_embeddings": 2048,
+    }
+    assert not cfg.tie_word_embeddings and cfg.head_dim == 4 and cfg.num_kv_heads == 1
+    weights = load_gguf_weights(gf, cfg)
+    assert "lm_head.weight" in weights
+    stored = torch.from_numpy(gf.dequantize(gf.tensors["blk.0.attn_k.weight"]))
+    assert torch.equal(
+        weights["model.layers.0.self_attn.k_proj.weight"], unpermute_rotary(stored, 1)
+    )
+
+
+def test_qwen2_has_bias_and_no_permutation(tmp_path: Path) -> None:
+    path = tmp_path / "qwen.gguf"
+    _write_tiny(path, "qwen2", {"qwen2.vocab_size": 3}, bias=True)
+    gf = read_gguf(path)
+    cfg = config_from_gguf(gf)
+    assert cfg.architecture == "llama" and cfg.attention_bias
+    weights = load_gguf_weights(gf, cfg)
+    stored = torch.from_numpy(gf.dequantize(gf.tensors["blk.0.attn_q.weight"]))
+    assert torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], stored)
+    assert weights["model.layers.0.self_attn.k_proj.bias"].shape == (4,)
