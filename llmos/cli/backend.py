@@ -3,6 +3,7 @@ into this process when no server is reachable (and none was asked for)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -73,7 +74,7 @@ def open_backend(model: str | None, url: str | None) -> Backend:
     """The server at --url/$LLMOS_URL (which must answer), else the default server if one
     answers, else an in-process engine."""
     resolved, chosen = resolve_url(url)
-    client = Client(resolved)
+    client = Client(resolved, api_key=os.environ.get("LLMOS_API_KEY"))
     if chosen or client.is_reachable(timeout_s=0.5):
         return RemoteBackend(client, model)
     client.close()
