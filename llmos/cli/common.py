@@ -16,8 +16,8 @@ from typer.core import TyperGroup
 from llmos.client import DEFAULT_URL, Client
 from llmos.errors import LlmosError
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 # Terminal control sequences (CSI/OSC/other ESC forms) and C0/C1 controls except tab/newline:
 # model output must not be able to move the cursor, retitle the window or hide text.
