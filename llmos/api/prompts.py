@@ -11,8 +11,11 @@ from llmos.errors import InvalidRequest
 
 
 def special_token(tokenizer: Any, token_id: int | None) -> str:
+    """The text of a special token such as BOS (empty when the model has none)."""
     if token_id is None:
         return ""
+    if hasattr(tokenizer, "token_to_str"):
+        return str(tokenizer.token_to_str(token_id))
     return str(tokenizer.decode([token_id], skip_special_tokens=False))
 
 

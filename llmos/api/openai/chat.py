@@ -102,23 +102,17 @@ class _Reply:
             return None
         content = []
         for tid, d in zip(token_ids, lps, strict=False):
-            text = self.token_text(tid)
             content.append(
                 {
-                    "token": text,
-                    "logprob": d.get(tid, -9999.0),
-                    "bytes": list(text.encode()),
-                    "top_logprobs": [
-                        {
-                            "token": (t := self.token_text(i)),
-                            "logprob": lp,
-                            "bytes": list(t.encode()),
-                        }
-                        for i, lp in sv.top_entries(d, self.top)
-                    ],
+                    **self._entry(tid, d.get(tid, -9999.0)),
+                    "top_logprobs": [self._entry(i, lp) for i, lp in sv.top_entries(d, self.top)],
                 }
             )
         return {"content": content}
+
+    def _entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        text, raw = self.token_text.entry(token_id)
+        return {"token": text, "logprob": logprob, "bytes": raw}
 
     def _chunk(self, choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> str:
         data: dict[str, Any] = {

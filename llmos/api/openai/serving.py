@@ -206,18 +206,30 @@ def usage(choices: list[Choice]) -> dict[str, Any]:
 
 
 class TokenText:
-    """Text of single tokens for logprobs, cached per id."""
+    """Text and raw bytes of single tokens for logprobs, cached per id."""
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._cache: dict[int, str] = {}
+        self._cache: dict[int, tuple[str, list[int]]] = {}
 
     def __call__(self, token_id: int) -> str:
-        text = self._cache.get(token_id)
-        if text is None:
-            text = self._tokenizer.decode([token_id], skip_special_tokens=False)
-            self._cache[token_id] = text
-        return text
+        return self.entry(token_id)[0]
+
+    def bytes(self, token_id: int) -> list[int]:
+        return self.entry(token_id)[1]
+
+    def entry(self, token_id: int) -> tuple[str, list[int]]:
+        cached = self._cache.get(token_id)
+        if cached is None:
+            tok = self._tokenizer
+            if hasattr(tok, "token_to_bytes"):
+                raw = bytes(tok.token_to_bytes(token_id))
+                cached = (raw.decode("utf-8", errors="replace"), list(raw))
+            else:
+                text = str(tok.decode([token_id], skip_special_tokens=False))
+                cached = (text, list(text.encode()))
+            self._cache[token_id] = cached
+        return cached
 
 
 def top_entries(lps: dict[int, float], k: int) -> list[tuple[int, float]]:
