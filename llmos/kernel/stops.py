@@ -27,6 +27,7 @@ class OutputTracker:
         """Take one new token; return (text safe to emit now, terminal state or None)."""
         sp = self.params
         if token_id in sp.stop_token_ids or (not sp.ignore_eos and token_id in eos_token_ids):
+            self.text += self.decoder.flush()  # an unfinished character before the stop token
             return "", ProcessState.FINISHED_STOPPED
         start = max(0, len(self.text) - self.hold)
         self.text += self.decoder.push(token_id)
@@ -41,6 +42,7 @@ class OutputTracker:
             or proc.num_tokens >= max_model_len
         ):
             state = ProcessState.FINISHED_LENGTH
+            self.text += self.decoder.flush()
         if state is not None:
             return "", state
         safe = len(self.text) - self.hold if sp.stop else len(self.text)

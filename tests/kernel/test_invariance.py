@@ -1,0 +1,106 @@
+"""Batch invariance on the real model: a greedy process's tokens do not depend on its company.
+
+Each of 16 prompts is run alone, all together (with chunked prefill mixing into decodes), under
+a KV pool so small that processes are preempted (both through swap and through recompute), and
+again with its prefix in the cache. Every run must produce exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llmos.config import KernelConfig, MemoryConfig
+from llmos.kernel.backends.cpu import KVCache
+from llmos.kernel.engine import Engine
+from llmos.kernel.params import SamplingParams
+from llmos.llm import LLM
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about rain.",
+    "How many legs does a spider have?",
+    "Explain gravity to a child.",
+    "What is 12 times 7?",
+    "Give me a synonym for happy.",
+    "Why is the sky blue?",
+    "List two prime numbers.",
+    "What does a compiler do?",
+    "Translate 'good morning' to Spanish.",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water?",
+    "Suggest a name for a cat.",
+    "What is photosynthesis?",
+    "Describe the moon in one line.",
+]
+MAX_TOKENS = 24
+
+
+def _engine(files, model, *, kv_blocks=2048, swap_blocks=2048, budget=512, caching=False):
+    c = files.config
+    block = KVCache.bytes_per_block(c.num_layers, 16, c.num_kv_heads, c.head_dim)
+    return Engine(
+        model,
+        files.tokenizer,
+        model_name="smollm2",
+        chat_template=files.chat_template,
+        kernel=KernelConfig(max_num_batched_tokens=budget, max_num_seqs=64),
+        memory=MemoryConfig(
+            kv_cache_bytes=kv_blocks * block,
+            swap_bytes=swap_blocks * block,
+            enable_prefix_caching=caching,
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2_files, smollm2_model):
+    llm = LLM(engine=_engine(smollm2_files, smollm2_model))
+    # half the prompts share a long system prompt, so the prefix cache has something to find
+    system = {"role": "system", "content": "You are a careful assistant. Answer briefly. " * 4}
+    out = []
+    for i, q in enumerate(QUESTIONS):
+        msgs = ([system] if i % 2 else []) + [{"role": "user", "content": q}]
+        out.append(llm.chat_prompt_ids(msgs))
+    return out
+
+
+PARAMS = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def alone(smollm2_files, smollm2_model, prompts):
+    llm = LLM(engine=_engine(smollm2_files, smollm2_model))
+    return [llm.generate([p], PARAMS)[0].token_ids for p in prompts]
+
+
+def test_batched_with_chunked_prefill_equals_alone(smollm2_files, smollm2_model, prompts, alone):
+    llm = LLM(engine=_engine(smollm2_files, smollm2_model, budget=48))
+    together = [c.token_ids for c in llm.generate(prompts, PARAMS)]
+    assert together == alone
+
+
+def test_preempted_by_swap_and_by_recompute_equals_alone(
+    smollm2_files, smollm2_model, prompts, alone
+):
+    engine = _engine(smollm2_files, smollm2_model, kv_blocks=20, swap_blocks=8, budget=128)
+    got = [c.token_ids for c in LLM(engine=engine).generate(prompts, PARAMS)]
+    stats = engine.stats()
+    assert stats.num_preemptions > 0
+    assert stats.num_swap_outs > 0 and stats.num_recomputes > 0
+    assert got == alone
+    assert stats.kv_blocks_used == 0 and stats.swap_blocks_used == 0
+
+
+def test_prefix_cache_hit_equals_alone(smollm2_files, smollm2_model, prompts, alone):
+    engine = _engine(smollm2_files, smollm2_model, caching=True)
+    llm = LLM(engine=engine)
+    first = [c.token_ids for c in llm.generate(prompts, PARAMS)]
+    hits_before = engine.stats().prefix_cache_hits
+    second = llm.generate(prompts, PARAMS)
+    assert engine.stats().prefix_cache_hits > hits_before
+    assert all(c.num_cached_tokens > 0 for c in second)
+    assert first == alone
+    assert [c.token_ids for c in second] == alone
