@@ -81,9 +81,45 @@ class ApiConfig(BaseModel):
 
 
 class SecurityConfig(BaseModel):
-    """Authentication and authorization."""
+    """Authentication, authorization, quotas, audit and encryption at rest (docs/security.md)."""
 
-    auth: Literal["keys", "none"] = Field("keys", description="API key auth, or none (loopback).")
+    auth: Literal["keys", "none"] = Field(
+        "keys", description="API key auth, or none (refused unless the server binds loopback)."
+    )
+    bootstrap_admin_key: bool = Field(
+        True, description="On start, write an admin key to admin_key_file if none works."
+    )
+    admin_key_file: Path | None = Field(
+        None, description="Where the bootstrap admin key lives; default <data dir>/admin.key."
+    )
+    auth_failures_per_minute: int = Field(
+        10, ge=1, description="Failed authentications allowed per client address per minute."
+    )
+    default_requests_per_minute: int = Field(
+        0, ge=0, description="Request rate limit for keys that set none; 0 = unlimited."
+    )
+    default_tokens_per_minute: int = Field(
+        0, ge=0, description="Token rate limit for keys that set none; 0 = unlimited."
+    )
+    audit_key_file: Path | None = Field(
+        None, description="HMAC key of the audit chain; default <data dir>/audit.key."
+    )
+    audit_anchor_file: Path | None = Field(
+        None, description="Append-only (seq, hash) anchors; default <data dir>/audit.anchor."
+    )
+    audit_prompts: bool = Field(
+        False, description="Also record prompts and outputs in the audit log (off: counts only)."
+    )
+    master_key_file: Path | None = Field(
+        None,
+        description="Master key file when LLMOS_MASTER_KEY is unset; default <data dir>/master.key.",
+    )
+    encrypt_datasets: bool = Field(True, description="Encrypt imported datasets (AES-256-GCM).")
+    redact: bool = Field(
+        False, description="Redact emails, phone and card numbers in logs and stored audit text."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: serve HTTPS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
 
 
 class MonitorConfig(BaseModel):

@@ -5,6 +5,8 @@ The API turns these into OpenAI-style error JSON; the CLI prints them as one lin
 
 from __future__ import annotations
 
+import math
+
 
 class LlmosError(Exception):
     """Base of every error llmos reports to a user."""
@@ -73,15 +75,33 @@ class PayloadTooLarge(LlmosError):
 
 
 class QuotaExceeded(LlmosError):
+    """A quota (tokens per day) is used up; retrying before it resets cannot succeed."""
+
     status_code = 429
     code = "insufficient_quota"
     error_type = "insufficient_quota"
+    # The openai SDK retries every 429 unless told not to.
+    headers: dict[str, str] = {"x-should-retry": "false"}
 
 
 class RateLimited(LlmosError):
+    """Too many requests or tokens for now; `Retry-After` says when to come back."""
+
     status_code = 429
     code = "rate_limit_exceeded"
     error_type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float = 1.0,
+        headers: dict[str, str] | None = None,
+        **kwargs: str | None,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s))), **(headers or {})}
 
 
 class ModelNotResident(LlmosError):

@@ -57,7 +57,7 @@ def test_round_trip_with_blobs(storage, storage_config, tmp_path):
     archive = create_backup(storage_config, tmp_path / "b.tar", with_blobs=True)
     info = verify_backup(archive)
     assert (info.num_models, info.num_datasets, info.with_blobs) == (3, 1, True)
-    assert info.schema_revision == "0001_storage"
+    assert info.schema_revision == storage.db.head_revision()
     storage.close()
     _wipe(storage_config)
     restore_backup(archive, storage_config)

@@ -25,7 +25,7 @@ def test_sqlite_is_created_private_with_wal_full_and_foreign_keys(tmp_path):
 def test_migrations_are_applied_once_and_idempotent(storage_config):
     first = Database(storage_config)
     second = Database(storage_config)
-    assert first.revision() == second.revision() == first.head_revision() == "0001_storage"
+    assert first.revision() == second.revision() == first.head_revision() is not None
 
 
 def test_session_rolls_back_on_error(storage):
