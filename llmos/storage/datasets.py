@@ -4,6 +4,8 @@ A file is validated line by line while it is copied into a blob, in one pass; th
 record fails the import with its line number and nothing is stored. A dataset exists iff its row
 exists, committed after its blob. Token counts are approximate unless a tokenizer is given:
 ceil(characters / 4) per text field, the common rule of thumb for English BPE vocabularies.
+Given a `BlobCipher`, the blob holds the records sealed (encrypted at rest); its digest is then
+that of the ciphertext, and reading a sealed dataset without the cipher is refused.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from llmos.errors import Conflict, InvalidRequest, NotFound, StorageCorrupted
 from llmos.storage.blobs import CHUNK_BYTES, ProgressFn, hash_file
+from llmos.storage.cipher import SEALED_MAGIC, BlobCipher
 from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 from llmos.storage.manifest import DatasetManifest
 from llmos.storage.names import validate_name
@@ -52,8 +55,9 @@ class _Tally:
 class Datasets:
     """Import, list, show, remove, verify and export datasets."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, cipher: BlobCipher | None = None) -> None:
         self.storage = storage
+        self.cipher = cipher
 
     def import_file(
         self,
@@ -75,15 +79,19 @@ class Datasets:
         total = path.stat().st_size
         tally = _Tally()
         with self.storage.lock.shared(), self.storage.blobs.writer() as w, path.open("rb") as f:
+            sealer = self.cipher.sealing(w, purpose="dataset") if self.cipher else None
+            sink = sealer or w
             for line_no, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
                 if len(line) > MAX_LINE_BYTES:
                     raise _bad(path, line_no, f"line longer than {MAX_LINE_BYTES >> 20} MiB")
                 _check_line(path, line_no, line, tally, counter)
-                w.write(line)
+                sink.write(line)
                 if on_progress:
                     on_progress(w.size_bytes, total)
             if tally.num_records == 0:
                 raise InvalidRequest(f"{path.name} holds no records", hint=RECORD_HINT)
+            if sealer is not None:
+                sealer.close()
             digest = w.commit()
             method = token_count_method or ("tokenizer" if count_tokens else APPROX_METHOD)
             source = str(path.resolve())
@@ -138,7 +146,7 @@ class Datasets:
         m = self.show(name)
         self._check(m)
         out: builtins.list[dict[str, Any]] = []
-        with self.storage.blobs.path(m.digest).open("rb") as f:
+        with self._open_plain(m) as f:
             for line in f:
                 if len(out) >= num_records:
                     break
@@ -168,16 +176,23 @@ class Datasets:
             raise Conflict(f"{target} already exists", hint="choose another path")
         temp = target.parent / f"{TEMP_PREFIX}{target.name}"
         h = hashlib.sha256()
+        # A sealed blob is checked whole first (its chunks are also authenticated as they are
+        # decrypted); a plaintext blob is hashed while it is copied.
+        is_sealed = self._is_sealed(m)
+        if is_sealed:
+            self._check(m)
         try:
-            with self.storage.blobs.path(m.digest).open("rb") as fin, open(temp, "wb") as fout:
+            with self._open_plain(m) as fin, open(temp, "wb") as fout:
+                done = 0
                 while chunk := fin.read(CHUNK_BYTES):
                     h.update(chunk)
                     fout.write(chunk)
+                    done += len(chunk)
                     if on_progress:
-                        on_progress(fin.tell(), m.size_bytes)
+                        on_progress(done, m.size_bytes)
                 fout.flush()
                 os.fsync(fout.fileno())
-            if h.hexdigest() != m.digest:
+            if not is_sealed and h.hexdigest() != m.digest:
                 raise _corrupted(m)
             os.replace(temp, target)
             fsync_dir(target.parent)
@@ -191,6 +206,25 @@ class Datasets:
         with self.storage.db.session() as s:
             row = s.scalars(select(DatasetRow).where(DatasetRow.name == name)).first()
             return _manifest(row) if row is not None else None
+
+    def _is_sealed(self, m: DatasetManifest) -> bool:
+        try:
+            with self.storage.blobs.path(m.digest).open("rb") as f:
+                return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
+        except FileNotFoundError:
+            raise _corrupted(m) from None
+
+    def _open_plain(self, m: DatasetManifest) -> BinaryIO:
+        """The dataset's JSONL bytes, decrypted if the blob is sealed."""
+        if not self._is_sealed(m):
+            return self.storage.blobs.path(m.digest).open("rb")
+        if self.cipher is None:
+            raise StorageCorrupted(
+                f"dataset {m.name} is encrypted and no cipher was given to read it",
+                code="dataset_encrypted",
+                hint="read it through the llmos CLI, which loads the master key",
+            )
+        return self.cipher.opening(self.storage.blobs.path(m.digest).open("rb"))
 
     def _check(self, m: DatasetManifest) -> None:
         path = self.storage.blobs.path(m.digest)
