@@ -26,7 +26,14 @@ app = typer.Typer(
 # Command modules merged into the root (each defines one or more commands).
 COMMAND_MODULES = (serve, run, ps, top)
 # Sub-apps owned by other subsystems: `llmos models ...`, `llmos data ...`, `llmos backup ...`.
-SUB_APPS = {"models": "llmos.cli.models", "data": "llmos.cli.data", "backup": "llmos.cli.backup"}
+SUB_APPS = {
+    "models": "llmos.cli.models",
+    "data": "llmos.cli.data",
+    "backup": "llmos.cli.backup",
+    "users": "llmos.cli.users",
+    "keys": "llmos.cli.keys",
+    "audit": "llmos.cli.audit",
+}
 
 for module in COMMAND_MODULES:
     for command in module.app.registered_commands:

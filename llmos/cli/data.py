@@ -15,6 +15,16 @@ from llmos.storage.datasets import Datasets
 app = typer.Typer(cls=StorageGroup, no_args_is_help=True, help="Stored datasets.")
 
 
+def _datasets() -> Datasets:
+    """Datasets of the data dir, sealed at rest unless security.encrypt_datasets is off."""
+    from llmos.cli.credentials import open_cipher, settings
+
+    storage = open_storage()
+    s = settings()
+    cipher = open_cipher(s, storage.db) if s.security.encrypt_datasets else None
+    return Datasets(storage, cipher=cipher)
+
+
 @app.command("import")
 def import_(
     path: Path = typer.Argument(..., help="A .jsonl file of chat or completion records."),
@@ -23,7 +33,7 @@ def import_(
 ) -> None:
     """Validate a JSONL file line by line and store it."""
     with progress_bar(f"importing {path.name}") as update:
-        m = Datasets(open_storage()).import_file(path, name, replace=replace, on_progress=update)
+        m = _datasets().import_file(path, name, replace=replace, on_progress=update)
     console.print(
         f"imported {m.name}: {m.num_records} {m.format} records, ~{m.num_tokens} tokens",
         markup=False,
@@ -33,7 +43,7 @@ def import_(
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List stored datasets."""
-    items = Datasets(open_storage()).list()
+    items = _datasets().list()
     if as_json:
         console.print_json(json.dumps([m.model_dump(mode="json") for m in items]))
         return
@@ -56,7 +66,7 @@ def show(
     num_records: int = typer.Option(3, "--records", "-r", min=0, help="Records to print."),
 ) -> None:
     """Show a dataset's manifest and its first records."""
-    datasets = Datasets(open_storage())
+    datasets = _datasets()
     m = datasets.show(name)
     for key, value in m.model_dump(mode="json").items():
         console.print(f"{key:>18}  {value}", markup=False)
@@ -67,7 +77,7 @@ def show(
 @app.command("rm")
 def rm(name: str = typer.Argument(...)) -> None:
     """Remove a dataset (its blob goes at the next `llmos models gc`)."""
-    m = Datasets(open_storage()).remove(name)
+    m = _datasets().remove(name)
     console.print(f"removed {m.name}", markup=False)
 
 
@@ -78,5 +88,5 @@ def export(
 ) -> None:
     """Write a dataset's JSONL out (verified while copying)."""
     with progress_bar(f"exporting {name}") as update:
-        path = Datasets(open_storage()).export(name, dest, on_progress=update)
+        path = _datasets().export(name, dest, on_progress=update)
     console.print(f"exported {name} to {path}", markup=False)
