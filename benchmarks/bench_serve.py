@@ -96,6 +96,7 @@ class RunResult:
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     failures: int = 0
+    first_failure: str = ""
 
     @property
     def tok_per_s(self) -> float:
@@ -245,6 +246,9 @@ async def one_request(
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
                 result.failures += 1
+                result.first_failure = result.first_failure or (
+                    f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                )
                 return
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -261,8 +265,9 @@ async def one_request(
                             result.itl_s.append(now - last)
                         last = now
                         chunks += 1
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         result.failures += 1
+        result.first_failure = result.first_failure or f"{type(exc).__name__}: {exc}"
         return
     result.output_tokens += usage_tokens if usage_tokens is not None else chunks
 
@@ -358,6 +363,7 @@ def describe(r: RunResult) -> str:
         f"TTFT p50 {pct(r.ttft_s, 50) * 1e3:7.0f} ms p99 {pct(r.ttft_s, 99) * 1e3:7.0f} ms  "
         f"ITL p50 {pct(r.itl_s, 50) * 1e3:6.1f} ms p99 {pct(r.itl_s, 99) * 1e3:6.1f} ms  "
         f"({r.output_tokens} tokens, {r.wall_s:.1f} s, {r.failures} failed)"
+        + (f"\n    first failure: {r.first_failure}" if r.first_failure else "")
     )
 
 
@@ -386,6 +392,8 @@ def main() -> None:
         offline_worker(args)
         return
     args.gguf = args.gguf or smollm2_gguf()
+    # Exit through the `with` blocks on SIGTERM so no server is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.skip_peer:
         args.llama_server = args.llama_server or shutil.which("llama-server") or _built_peer()
         if not args.llama_server:
