@@ -1,20 +1,61 @@
 """The model runner: a scheduler Batch -> flat tensors -> one forward pass -> logits.
 
-Batch invariance: fp32 GEMMs on this CPU take another code path below 16 rows, so every GEMM
-input is padded to at least `min_rows` rows (pad rows write their K/V into the trash block and
-are dropped); with attention computed per query (backends/cpu.py) a process's logits are then
+Batch invariance: fp32 GEMMs take other code paths for some small row counts (on this CPU 1-3,
+5-7 and 9-11 rows give other bits than 4, 8, 12 and >= 13 rows). At start the runner measures,
+on the model's own weight shapes, which row counts agree with the large-batch path and pads
+every GEMM input up to the next such count (pad rows write their K/V into the trash block and
+are dropped). With attention computed per query (backends/cpu.py) a process's logits are then
 bit-identical whoever shares its tick. See docs/design/kernel.md.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from llmos.kernel.backends.cpu import AttentionMetadata, KVCache
 from llmos.kernel.scheduler import Batch, ScheduledProcess
 from llmos.models.registry import CausalLM
 
-MIN_GEMM_ROWS = 16
+CALIBRATE_ROWS = 16  # row counts above this are trusted to take the large-batch path
+
+
+_calibrated: dict[tuple[object, ...], list[int]] = {}
+
+
+def calibrate_row_padding(weights: list[torch.Tensor], max_rows: int = CALIBRATE_ROWS) -> list[int]:
+    """pad_to[n] for n in 0..max_rows: the smallest m >= n whose GEMM rows are bit-identical
+    to the same rows computed inside a 64-row batch, for every weight shape given.
+
+    The answer depends only on shapes, dtype, device and thread count, so it is cached."""
+    key = (
+        torch.get_num_threads(),
+        max_rows,
+        *((tuple(w.shape), w.dtype, str(w.device)) for w in weights),
+    )
+    if key not in _calibrated:
+        _calibrated[key] = _calibrate(weights, max_rows)
+    return _calibrated[key]
+
+
+def _calibrate(weights: list[torch.Tensor], max_rows: int) -> list[int]:
+    g = torch.Generator().manual_seed(0)
+    is_safe = [True] * (max_rows + 2)
+    is_safe[0] = False
+    with torch.inference_mode():
+        for w in weights:
+            x = torch.randn(64, w.shape[1], generator=g, dtype=w.dtype).to(w.device)
+            ref = F.linear(x, w)
+            for n in range(1, max_rows + 1):
+                if is_safe[n] and not torch.equal(F.linear(x[:n], w), ref[:n]):
+                    is_safe[n] = False
+    pad_to = []
+    for n in range(max_rows + 1):
+        m = max(n, 1)
+        while not is_safe[m]:
+            m += 1
+        pad_to.append(m)
+    return pad_to
 
 
 class ModelRunner:
@@ -23,14 +64,17 @@ class ModelRunner:
         model: CausalLM,
         kv: KVCache,
         *,
-        min_rows: int = MIN_GEMM_ROWS,
+        pad_to: list[int] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
         self.model = model
         self.kv = kv
-        self.min_rows = min_rows
+        self.pad_to = pad_to if pad_to is not None else calibrate_row_padding(model.gemm_weights())
         self.device = torch.device(device)
         self.block_size = kv.block_size
+
+    def _padded(self, num_rows: int) -> int:
+        return self.pad_to[num_rows] if num_rows < len(self.pad_to) else num_rows
 
     def run(self, batch: Batch) -> tuple[torch.Tensor, list[ScheduledProcess]]:
         """Execute swaps and one forward; return logits [N, V] for the items that sample."""
@@ -42,7 +86,7 @@ class ModelRunner:
             if not logit_rows:
                 return torch.empty(0), []
             n = len(logit_rows)
-            rows = logit_rows + [logit_rows[0]] * max(0, self.min_rows - n)
+            rows = logit_rows + [logit_rows[0]] * (self._padded(n) - n)
             logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
         return logits[:n], sampled
 
@@ -73,7 +117,7 @@ class ModelRunner:
             if item.needs_logits:
                 logit_rows.append(row + n - 1)
                 sampled.append(item)
-        pad = max(0, self.min_rows - len(ids))
+        pad = self._padded(len(ids)) - len(ids)
         trash = self.kv.trash_block
         ids.extend([0] * pad)
         pos.extend([0] * pad)

@@ -116,6 +116,11 @@ class Gemma3ForCausalLM:
             h = h + rms_norm(x, layer.post_ffn_norm, eps, offset=1.0)
         return rms_norm(h, self.norm, eps, offset=1.0)
 
+    def gemm_weights(self) -> list[torch.Tensor]:
+        """One weight of each GEMM shape the forward pass runs (for row-padding calibration)."""
+        layer = self.layers[0]
+        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.lm_head]
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] (float32), soft-capped when configured."""
         logits = F.linear(hidden, self.lm_head).float()

@@ -98,6 +98,11 @@ class LlamaForCausalLM:
             h = h + gated_mlp(x, layer.gate_up, layer.down, c.hidden_act)
         return rms_norm(h, self.norm, c.rms_norm_eps)
 
+    def gemm_weights(self) -> list[torch.Tensor]:
+        """One weight of each GEMM shape the forward pass runs (for row-padding calibration)."""
+        layer = self.layers[0]
+        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.lm_head]
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] (float32)."""
         return F.linear(hidden, self.lm_head).float()

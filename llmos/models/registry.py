@@ -20,6 +20,8 @@ class CausalLM(Protocol):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
+    def gemm_weights(self) -> list[torch.Tensor]: ...
+
 
 def _families() -> dict[str, type]:
     from llmos.models.gemma3 import Gemma3ForCausalLM
