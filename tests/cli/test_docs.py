@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmos.cli.app import app
+from llmos.cli.app import COMMAND_MODULES
 from llmos.config import ApiConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_every_command_is_documented() -> None:
+    """The serving commands; sub-apps (models, users, ...) are documented by their owners."""
     text = (DOCS / "cli.md").read_text()
-    names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
-    names += [g.name for g in app.registered_groups if g.name]
-    assert names
+    names = [
+        c.name or (c.callback.__name__ if c.callback else "")
+        for module in COMMAND_MODULES
+        for c in module.app.registered_commands
+    ]
+    assert len(names) >= 7
     for name in names:
         assert f"`llmos {name}" in text, name
 
