@@ -178,6 +178,7 @@ def llmos_server(args: argparse.Namespace, concurrency: int, home: str) -> Serve
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "LLMOS_HOME": home,
+        "LLMOS_SECURITY__AUTH": "none",  # a loopback benchmark, like the keyless peer
         "LLMOS_MEMORY__KV_CACHE_BYTES": str(args.llmos_kv_bytes),
         "LLMOS_KERNEL__MAX_MODEL_LEN": "1024",
         "LLMOS_KERNEL__MAX_NUM_SEQS": str(max(concurrency, 1)),
@@ -229,6 +230,25 @@ def peer_server(args: argparse.Namespace, concurrency: int) -> Server:
 async def one_request(
     client: httpx.AsyncClient, prompt: str, max_tokens: int, result: RunResult
 ) -> None:
+    """One streamed request; a connection dropped before any byte arrived is retried once
+    (as the openai SDK does), since it says nothing about the server's speed."""
+    for attempt in range(2):
+        try:
+            await _stream_one(client, prompt, max_tokens, result)
+            return
+        except _Dropped as exc:
+            if attempt == 1:
+                result.failures += 1
+                result.first_failure = result.first_failure or str(exc)
+
+
+class _Dropped(Exception):
+    pass
+
+
+async def _stream_one(
+    client: httpx.AsyncClient, prompt: str, max_tokens: int, result: RunResult
+) -> None:
     body = {
         "model": MODEL_ALIAS,
         "messages": [{"role": "user", "content": prompt}],
@@ -265,6 +285,12 @@ async def one_request(
                             result.itl_s.append(now - last)
                         last = now
                         chunks += 1
+    except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+        if last is None:
+            raise _Dropped(f"{type(exc).__name__}: {exc}") from exc
+        result.failures += 1
+        result.first_failure = result.first_failure or f"{type(exc).__name__}: {exc}"
+        return
     except httpx.HTTPError as exc:
         result.failures += 1
         result.first_failure = result.first_failure or f"{type(exc).__name__}: {exc}"
