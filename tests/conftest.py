@@ -44,3 +44,11 @@ def smollm2_model(smollm2_files):  # type: ignore[no-untyped-def]
     from llmos.models.registry import build_model
 
     return build_model(smollm2_files.config, smollm2_files.weights)
+
+
+# Tests never touch the user's data dir: anything that opens the registry without its own
+# LLMOS_HOME gets this session-wide temporary one.
+if "LLMOS_HOME" not in os.environ:
+    import tempfile
+
+    os.environ["LLMOS_HOME"] = tempfile.mkdtemp(prefix="llmos-test-home-")

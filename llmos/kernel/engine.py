@@ -11,6 +11,7 @@ import collections
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,23 @@ def set_compute_threads(num_threads: int) -> None:
     n = num_threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def locate_model(ref: str | None, settings: Settings) -> tuple[str | None, str | Path]:
+    """(served name, what to load) for a model reference: a path, a registry name, a package."""
+    from llmos.models.loader import DEFAULT_MODEL
+    from llmos.storage.registry import Registry, ensure_default_model
+    from llmos.storage.store import Storage
+
+    if ref is not None and Path(ref).expanduser().exists():
+        return None, Path(ref).expanduser()
+    name = ref or DEFAULT_MODEL
+    registry = Registry(Storage(settings.storage))
+    if name == DEFAULT_MODEL:
+        ensure_default_model(registry)
+    if registry.exists(name):
+        return name, registry.resolve(name)
+    return None, name  # a packaged model the loader knows (gemma3), or its clear error
 
 
 class Engine:
