@@ -25,6 +25,7 @@ from llmos.errors import (
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
     Unauthenticated,
 )
@@ -229,6 +230,8 @@ def error_from_response(status: int, body: Any) -> LlmosError:
         cls = ContextTooLong
     elif code == "kernel_dead":
         cls = KernelDead
+    elif code == "insufficient_quota":
+        cls = QuotaExceeded
     exc = cls(message, code=code, param=error.get("param"))
     if cls is LlmosError:
         exc.status_code = status

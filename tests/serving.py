@@ -27,6 +27,8 @@ TEST_ENV = {
     "LLMOS_MEMORY__KV_CACHE_BYTES": str(256 << 20),
     "LLMOS_MEMORY__SWAP_BYTES": "0",
     "LLMOS_KERNEL__MAX_MODEL_LEN": "1024",
+    # Serving tests run keyless on loopback; tests/security starts servers with auth keys.
+    "LLMOS_SECURITY__AUTH": "none",
 }
 
 

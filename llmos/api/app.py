@@ -12,14 +12,15 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import llmos
+from llmos.api.auth import authorize
 from llmos.api.deps import ServerContext
 from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
-from llmos.api.os import probes, processes, stats
+from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
 from llmos.kernel.loop import EngineLike, EngineLoop
 from llmos.monitor.metrics import Metrics
@@ -34,15 +35,28 @@ ROUTERS = (
     processes.router,
     stats.router,
     probes.router,
+    security.router,
 )
 
 
 def create_app(
-    engine: Any, settings: Settings | None = None, *, aliases: Iterable[str] = ()
+    engine: Any,
+    settings: Settings | None = None,
+    *,
+    aliases: Iterable[str] = (),
+    guard: Any = None,
 ) -> FastAPI:
-    """An app serving `engine` (an `llmos.kernel.engine.Engine`) under `settings`."""
+    """An app serving `engine` (an `llmos.kernel.engine.Engine`) under `settings`.
+
+    With `security.auth == "keys"` every non-public route needs an API key; `guard` (a
+    `llmos.security.guard.Guard`) is opened from `settings` when not given.
+    """
     settings = settings or Settings()
     ctx = build_context(engine, settings, aliases=aliases)
+    if settings.security.auth == "keys":
+        from llmos.security.guard import Guard
+
+        ctx.guard = guard or Guard.open(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +65,8 @@ def create_app(
             yield
         finally:
             await asyncio.to_thread(ctx.loop.stop)
+            if ctx.guard is not None:
+                await asyncio.to_thread(ctx.guard.close)  # flush queued audit rows
 
     app = FastAPI(
         title="llmos",
@@ -58,6 +74,8 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by llmos.api.os.security behind a key
+        dependencies=[Depends(authorize)],
         description="OpenAI-compatible API and the llmos OS admin API.",
     )
     app.state.llmos = ctx

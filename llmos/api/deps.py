@@ -34,6 +34,7 @@ class ServerContext:
     metrics: Metrics
     aliases: set[str] = field(default_factory=set)
     started_s: float = field(default_factory=time.time)
+    guard: Any = None  # llmos.security.guard.Guard with `auth keys`; None with `auth none`
 
     @property
     def engine(self) -> Any:

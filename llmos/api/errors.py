@@ -57,6 +57,9 @@ def llmos_error_headers(exc: LlmosError) -> dict[str, str]:
     """Retry hints for the openai SDK: it retries 429/5xx by itself unless told not to."""
     if isinstance(exc, KernelDead) or exc.code in NO_RETRY_CODES:
         return {"x-should-retry": "false"}
+    own: dict[str, str] | None = getattr(exc, "headers", None)  # RateLimited, QuotaExceeded
+    if own:
+        return dict(own)
     if exc.status_code in (429, 503):
         return {"Retry-After": str(RETRY_AFTER_S)}
     return {}

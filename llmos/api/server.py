@@ -89,10 +89,14 @@ def build_server(
     aliases: tuple[str, ...] = (),
     on_listening: OnListening | None = None,
 ) -> LlmosServer:
-    """A ready-to-run server for `engine` bound to `settings.api.host:port`."""
+    """A ready-to-run server for `engine` bound to `settings.api.host:port` (HTTPS when
+    `security.tls_cert_file` is set). Refuses `auth none` on a non-loopback address."""
     from llmos.api.app import create_app
+    from llmos.security.transport import check_bind
 
+    check_bind(settings.api.host, settings.security)
     app = create_app(engine, settings, aliases=aliases)
+    tls = settings.security
     config = uvicorn.Config(
         app,
         host=settings.api.host,
@@ -101,6 +105,8 @@ def build_server(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(CONNECTION_CLOSE_S),
+        ssl_certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
+        ssl_keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,
     )
     return LlmosServer(config, app.state.llmos, on_listening=on_listening)
 

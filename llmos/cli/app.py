@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 import typer
 
@@ -53,11 +54,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help="API key for the server (default: $LLMOS_API_KEY, else admin.key)."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """llmos: an operating system for LLMs."""
+    if api_key:
+        # Every command reads the key from here, whichever sub-app it lives in.
+        os.environ["LLMOS_API_KEY"] = api_key
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ into this process when no server is reachable (and none was asked for)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -74,7 +73,9 @@ def open_backend(model: str | None, url: str | None) -> Backend:
     """The server at --url/$LLMOS_URL (which must answer), else the default server if one
     answers, else an in-process engine."""
     resolved, chosen = resolve_url(url)
-    client = Client(resolved, api_key=os.environ.get("LLMOS_API_KEY"))
+    from llmos.cli.credentials import resolve_api_key
+
+    client = Client(resolved, api_key=resolve_api_key(resolved))
     if chosen or client.is_reachable(timeout_s=0.5):
         return RemoteBackend(client, model)
     client.close()

@@ -42,7 +42,10 @@ def resolve_url(url: str | None) -> tuple[str, bool]:
 
 def connect(url: str | None) -> Client:
     """A client for commands that need a server (ps, kill, nice, top)."""
-    return Client(resolve_url(url)[0], api_key=os.environ.get("LLMOS_API_KEY"))
+    from llmos.cli.credentials import resolve_api_key
+
+    resolved = resolve_url(url)[0]
+    return Client(resolved, api_key=resolve_api_key(resolved))
 
 
 def print_error(exc: BaseException) -> None:

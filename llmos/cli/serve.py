@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from llmos.cli.common import console
+
+if TYPE_CHECKING:
+    from llmos.config import Settings
 
 app = typer.Typer()
 
@@ -22,6 +27,11 @@ def serve(
     drain_timeout: float | None = typer.Option(
         None, help="Seconds in-flight work may take to finish on SIGTERM."
     ),
+    auth: str | None = typer.Option(
+        None, "--auth", help="keys (default: API keys) or none (only on a loopback address)."
+    ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
 ) -> None:
     """Serve a model over HTTP until SIGTERM or Ctrl-C (which drain in-flight work first)."""
     from llmos.api.server import serve as run_server
@@ -38,23 +48,63 @@ def serve(
     }
     api = settings.api.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = settings.model_copy(update={"api": type(api).model_validate(api.model_dump())})
+    settings = _with_security(settings, auth, tls_cert, tls_key)
     setup_logging(settings.monitor.log_level, json_lines=settings.monitor.log_json)
+    key_path = _prepare_security(settings)
     console.print(f"loading {settings.api.model} ...", markup=False)
     name = settings.api.model
+    scheme = "https" if settings.security.tls_cert_file else "http"
 
     def on_listening(host: str, port: int) -> None:
-        _print_how_to_chat(host, port, name)
+        _print_how_to_chat(f"{scheme}://{host}:{port}", name, key_path)
 
     run_server(settings, on_listening=on_listening)
 
 
-def _print_how_to_chat(host: str, port: int, model: str) -> None:
-    url = f"http://{host}:{port}"
+def _with_security(
+    settings: Settings, auth: str | None, tls_cert: Path | None, tls_key: Path | None
+) -> Settings:
+    overrides = {"auth": auth, "tls_cert_file": tls_cert, "tls_key_file": tls_key}
+    sec = settings.security.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    sec = type(sec).model_validate(sec.model_dump())
+    return settings.model_copy(update={"security": sec})
+
+
+def _prepare_security(settings: Settings) -> Path | None:
+    """Refuse an insecure bind before loading anything; write the bootstrap admin key."""
+    from llmos.security.transport import check_bind
+
+    check_bind(settings.api.host, settings.security)
+    if settings.security.auth != "keys":
+        return None
+    from llmos.security.guard import SecurityPaths, open_audit
+    from llmos.security.keys import bootstrap_admin_key
+    from llmos.storage.db import Database
+
+    path = SecurityPaths.of(settings).admin_key
+    if not settings.security.bootstrap_admin_key:
+        return path if path.exists() else None
+    db = Database(settings.storage)
+    try:
+        made = bootstrap_admin_key(db, path)
+        if made is not None and made[1]:
+            open_audit(db, settings).append("admin", "key.bootstrap", client="serve")
+    finally:
+        db.dispose()
+    if made is None:
+        return None
+    console.print(f"admin API key: {path} (mode 0600; llmos commands here use it)", markup=False)
+    return path
+
+
+def _print_how_to_chat(url: str, model: str, key_path: Path | None) -> None:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    auth = f' -H "Authorization: Bearer $(cat {key_path})"' if key_path else ""
     for line in (
         f"llmos is listening on {url}",
         f"  chat:  LLMOS_URL={url} llmos chat",
-        f"  curl:  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+        f"  curl:  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+        f"-d '{body}'",
         "  stop:  Ctrl-C (drains in-flight requests first)",
     ):
         console.print(line, markup=False)

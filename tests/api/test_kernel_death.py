@@ -29,7 +29,7 @@ def engine() -> Iterator[Engine]:
 
 
 async def _scenario(engine: Engine) -> dict[str, Any]:
-    app = create_app(engine, Settings())
+    app = create_app(engine, Settings(security={"auth": "none"}))
     ctx = app.state.llmos
     ctx.loop.start()
     real_step = engine.step

@@ -43,7 +43,9 @@ async def create_chat_completion(
         )
         for i in range(n)
     ]
-    stream = sv.open_stream(ctx, prompts, sv.parse_priority(body.priority), arrival_s)
+    stream = await sv.open_stream(
+        ctx, prompts, sv.parse_priority(body.priority), arrival_s, request
+    )
     choices = {pid: sv.Choice(index=i) for i, pid in enumerate(stream.pids)}
     reply = _Reply(ctx, model, body)
     if body.stream:

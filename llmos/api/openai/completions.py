@@ -38,7 +38,9 @@ async def create_completion(
         for ids in prompt_ids
         for i in range(n)
     ]
-    stream = sv.open_stream(ctx, prompts, sv.parse_priority(body.priority), arrival_s)
+    stream = await sv.open_stream(
+        ctx, prompts, sv.parse_priority(body.priority), arrival_s, request
+    )
     choices = {pid: sv.Choice(index=k, prompt_idx=k // n) for k, pid in enumerate(stream.pids)}
     reply = _Reply(ctx, model, body, prompt_ids)
     if body.stream:

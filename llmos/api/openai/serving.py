@@ -139,13 +139,17 @@ async def off_loop(num_chars: int, fn: Callable[..., T], *args: Any, **kwargs: A
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def open_stream(
+async def open_stream(
     ctx: ServerContext,
     prompts: list[tuple[list[int], SamplingParams]],
     priority: Priority,
     arrival_s: float,
+    request: Request,
 ) -> OutputStream:
-    return ctx.loop.open_stream(prompts, owner="local", priority=priority, arrival_s=arrival_s)
+    """Submit as the request's principal, after its model grant, quotas and rate limits."""
+    from llmos.api.auth import open_guarded_stream
+
+    return await open_guarded_stream(ctx, request, prompts, priority, arrival_s)
 
 
 async def collect(stream: OutputStream, request: Request, choices: dict[int, Choice]) -> bool:

@@ -1,16 +1,22 @@
-"""The process table over HTTP: list (`ps`), kill, renice."""
+"""The process table over HTTP: list (`ps`), kill, renice.
+
+Users see and touch only their own processes; another user's pid answers 404 like a pid that
+does not exist (operators and admins see all). Kills and renices are audited.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmos.api.auth import authorize, check_priority, may_manage, record_action, visible_processes
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.errors import NotFound
 from llmos.kernel.process import Priority
+from llmos.security.principals import Principal
 
 router = APIRouter(prefix="/os", tags=["os"])
 
@@ -32,27 +38,42 @@ def _not_found(pid: int) -> NotFound:
 
 
 @router.get("/processes")
-async def list_processes(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
-    """Every live process: pid, owner, model, priority, state, token counts, timings."""
-    return {"object": "list", "data": [dataclasses.asdict(p) for p in ctx.loop.processes()]}
+async def list_processes(
+    ctx: ServerContext = Depends(get_context), principal: Principal = Depends(authorize)
+) -> dict[str, Any]:
+    """Every live process you may see: pid, owner, model, priority, state, tokens, timings."""
+    procs = visible_processes(ctx, principal)
+    return {"object": "list", "data": [dataclasses.asdict(p) for p in procs]}
 
 
 @router.delete("/processes/{pid}")
-async def kill_process(pid: int, ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
+async def kill_process(
+    pid: int,
+    request: Request,
+    ctx: ServerContext = Depends(get_context),
+    principal: Principal = Depends(authorize),
+) -> dict[str, Any]:
     """Kill a live process; its client gets a `process_killed` error and its blocks are freed."""
-    if not ctx.loop.kill(pid):
+    if not may_manage(ctx, principal, pid) or not ctx.loop.kill(pid):
         raise _not_found(pid)
+    record_action(request, "process.kill", str(pid))
     return {"pid": pid, "killed": True}
 
 
 @router.post("/processes/{pid}/priority", openapi_extra=body_schema(ReniceRequest))
 async def renice_process(
     pid: int,
+    request: Request,
     body: ReniceRequest = Depends(json_body(ReniceRequest)),
     ctx: ServerContext = Depends(get_context),
+    principal: Principal = Depends(authorize),
 ) -> dict[str, Any]:
-    """Move a live process to another priority class."""
+    """Move a live process to another priority class (within your quota's highest class)."""
     priority = Priority.parse(body.priority)
+    if not may_manage(ctx, principal, pid):
+        raise _not_found(pid)
+    check_priority(principal, priority)
     if not ctx.loop.renice(pid, priority):
         raise _not_found(pid)
+    record_action(request, "process.renice", str(pid), priority=priority.name.lower())
     return {"pid": pid, "priority": priority.name.lower()}
