@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-LISTENING = re.compile(r"listening on (http://\S+)")
+LISTENING = re.compile(r"listening on (https?://\S+)")
 # Small enough for a shared 2-core machine, large enough for 32 concurrent short requests.
 TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
