@@ -50,6 +50,10 @@ def serve(
     settings = settings.model_copy(update={"api": type(api).model_validate(api.model_dump())})
     settings = _with_security(settings, auth, tls_cert, tls_key)
     setup_logging(settings.monitor.log_level, json_lines=settings.monitor.log_json)
+    if settings.security.redact:
+        from llmos.security.redact import install_log_redaction
+
+        install_log_redaction()
     key_path = _prepare_security(settings)
     console.print(f"loading {settings.api.model} ...", markup=False)
     name = settings.api.model

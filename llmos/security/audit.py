@@ -292,7 +292,17 @@ class AuditLog:
         if self._redact is None:
             return details
         redact = self._redact
-        return {k: redact(v) if isinstance(v, str) else v for k, v in details.items()}
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, str):
+                return redact(value)
+            if isinstance(value, list | tuple):
+                return [clean(v) for v in value]
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        return {k: clean(v) for k, v in details.items()}
 
 
 def _entry(row: AuditRow) -> AuditEntry:

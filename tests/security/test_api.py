@@ -277,6 +277,22 @@ def test_inference_is_audited_without_the_prompt(env: Env) -> None:
     assert kills and kills[-1]["actor"] == "alice"
 
 
+def test_cli_on_this_machine_uses_admin_key_file(env: Env) -> None:
+    """`make run` then `llmos ps` / `llmos run` just work: the CLI reads <data dir>/admin.key."""
+    import os
+    import subprocess
+    import sys
+
+    child_env = {k: v for k, v in os.environ.items() if k != "LLMOS_API_KEY"}
+    child_env |= {"LLMOS_HOME": str(env.home), "LLMOS_URL": env.url, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "llmos.cli.app", "ps"]
+    proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    bad = {**child_env, "LLMOS_API_KEY": "llmos-000000000000-" + "C" * 43}
+    proc = subprocess.run(cmd, env=bad, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Invalid API key" in proc.stderr
+
+
 def test_failed_logins_are_rate_limited_per_address(env: Env) -> None:
     """Last in this module: it locks 127.0.0.1 out for a while."""
     bad = "llmos-000000000000-" + "B" * 43
@@ -287,7 +303,7 @@ def test_failed_logins_are_rate_limited_per_address(env: Env) -> None:
             codes.append(r.status_code)
             if r.status_code != 401:
                 break
-        assert codes[-1] == 429 and set(codes[:-1]) == {401} and len(codes) >= 9, codes
+        assert codes[-1] == 429 and set(codes[:-1]) == {401} and len(codes) >= 5, codes
         assert r.json()["error"]["code"] == "too_many_auth_failures"
         assert int(r.headers["retry-after"]) >= 1
         assert http.get("/health").status_code == 200  # public probes stay reachable

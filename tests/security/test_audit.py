@@ -136,3 +136,15 @@ def test_eight_concurrent_writers_leave_a_valid_chain(db: Database, tmp_path) ->
 def test_short_key_refused(db: Database) -> None:
     with pytest.raises(ValueError):
         AuditLog(db, b"short")
+
+
+def test_redaction_of_stored_details(db: Database) -> None:
+    from llmos.security.redact import redact
+
+    log = AuditLog(db, AUDIT_KEY, redact=redact)
+    log.append(
+        "a", "inference", details={"prompt": "mail me: x@y.org", "output": ["call 020 7946 0958"]}
+    )
+    entry = log.tail(1)[0]
+    assert entry.details == {"prompt": "mail me: [EMAIL]", "output": ["call [PHONE]"]}
+    assert log.verify().is_ok

@@ -88,3 +88,16 @@ def test_rotate_master_keeps_datasets_readable(home: Path, tmp_path: Path) -> No
     assert code == 0 and "PLANTED-ROTATE" in out
     blobs = b"".join(p.read_bytes() for p in (home / "blobs").iterdir())
     assert b"PLANTED-ROTATE" not in blobs
+
+
+def test_admin_key_file_is_sent_only_to_loopback(home: Path) -> None:
+    from llmos.cli.credentials import resolve_api_key
+
+    assert run("users", "list")[0] == 0  # bootstraps admin.key
+    admin = (home / "admin.key").read_text().strip()
+    assert resolve_api_key("http://127.0.0.1:8000") == admin
+    assert resolve_api_key("https://localhost:8443") == admin
+    assert resolve_api_key("http://[::1]:8000") == admin
+    assert resolve_api_key("http://10.1.2.3:8000") is None
+    assert resolve_api_key("https://llm.example.com") is None
+    assert resolve_api_key("http://10.1.2.3:8000", "explicit") == "explicit"
