@@ -211,3 +211,12 @@ class MeteredStream(OutputStream):
             outcome=outcome,
             details=details,
         )
+
+
+async def may_use_model(ctx: ServerContext, principal: Principal) -> bool:
+    """Whether the served model is granted to `principal` (always, with `auth none`)."""
+    guard: Guard | None = ctx.guard
+    if guard is None:
+        return True
+    names = [ctx.model_name, *ctx.aliases]
+    return await asyncio.to_thread(guard.acl.allows, principal, names)

@@ -277,6 +277,24 @@ def test_inference_is_audited_without_the_prompt(env: Env) -> None:
     assert kills and kills[-1]["actor"] == "alice"
 
 
+def test_model_grants(env: Env) -> None:
+    users = Users(env.db)
+    users.grant_model("bob", env.model)  # now only bob (and operators/admins) may use it
+    try:
+        body = {"model": env.model, "prompt": "Hi", "max_tokens": 1}
+        with httpx.Client(base_url=env.url, timeout=120) as http:
+            alice, bob = _auth(env.keys["user"]), _auth(env.keys["bob"])
+            r = http.post("/v1/completions", json=body, headers=alice)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+            assert http.get("/v1/models", headers=alice).json()["data"] == []
+            assert http.get(f"/v1/models/{env.model}", headers=alice).status_code == 404
+            assert http.post("/v1/completions", json=body, headers=bob).status_code == 200
+            ops = _auth(env.keys["operator"])
+            assert http.post("/v1/completions", json=body, headers=ops).status_code == 200
+    finally:
+        users.revoke_model("bob", env.model)
+
+
 def test_cli_on_this_machine_uses_admin_key_file(env: Env) -> None:
     """`make run` then `llmos ps` / `llmos run` just work: the CLI reads <data dir>/admin.key."""
     import os
