@@ -136,5 +136,6 @@ class ModelRunner:
             row_ctx=tensor(row_ctx),
             seq_rows=seq_rows,
             max_ctx=max(ctx for _, _, ctx in seq_rows),
+            block_size=bs,
         )
         return tensor(ids), tensor(pos), meta, logit_rows, sampled

@@ -30,6 +30,7 @@ def _meta(tables: list[list[int]], seqs: list[tuple[int, int]], trash: int) -> A
         row_ctx=torch.tensor(row_ctx),
         seq_rows=seq_rows,
         max_ctx=max(row_ctx),
+        block_size=BS,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +35,21 @@ class AttentionMetadata:
     row_ctx: torch.Tensor  # [R] long: keys each row sees (its position + 1)
     seq_rows: list[tuple[int, int, int]]  # per sequence: (first row, num rows, context length)
     max_ctx: int
+    block_size: int = 16
+    # derived once per tick, shared by every layer
+    slot_block: torch.Tensor = field(init=False)
+    slot_offset: torch.Tensor = field(init=False)
+    row_bounds: dict[int, list[int]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.slot_block = self.slot_mapping // self.block_size
+        self.slot_offset = self.slot_mapping % self.block_size
+
+    def bounds(self, num_parts: int) -> list[int]:
+        """Row ranges splitting the attention work (~ keys) into `num_parts` equal parts."""
+        if num_parts not in self.row_bounds:
+            self.row_bounds[num_parts] = _balanced_split(self.row_ctx, num_parts)
+        return self.row_bounds[num_parts]
 
 
 class KVCache:
@@ -139,7 +154,7 @@ class _NativeAttention:
         )
         # rows cost ~ their context: split so each thread gets about the same number of keys
         n = self.num_threads if self.pool is not None and num_rows >= 2 * self.num_threads else 1
-        bounds = _balanced_split(meta.row_ctx, n)
+        bounds = meta.bounds(n)
         if n == 1:
             self._check(self.fn(*args, 0, num_rows, *tail))
             return
@@ -195,10 +210,10 @@ def paged_attention(
     -> [T, H * D]
     """
     T, H, _ = q.shape
-    bs = v_cache.shape[1]
-    k_cache[meta.slot_mapping // bs, :, :, meta.slot_mapping % bs] = k
+    k_cache[meta.slot_block, :, :, meta.slot_offset] = k
     v_cache.view(-1, v.shape[1], v.shape[2]).index_copy_(0, meta.slot_mapping, v)
-    out = torch.zeros(T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    out = torch.empty(T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    out[meta.row_seq.numel() :] = 0  # pad rows are not attended
     kernel = native_attention() if q.device.type == "cpu" and q.dtype == torch.float32 else None
     if kernel is not None:
         kernel(q.contiguous(), k_cache, v_cache, meta, out, scale, sliding_window, softcap)
