@@ -39,6 +39,11 @@ class KernelConfig(BaseModel):
     )
     seed: int = Field(0, description="Seed for processes that do not bring their own.")
     device: str = Field("cpu", description="Torch device for models and the KV pool (cpu, cuda).")
+    batch_invariant: bool = Field(
+        True,
+        description="Pad small batches so a process's output never depends on its batch "
+        "neighbours (costs up to 3x at batch 1 on CPU; see docs/design/kernel.md).",
+    )
 
 
 class MemoryConfig(BaseModel):

@@ -105,7 +105,9 @@ class Engine:
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
         )
-        self.runner = ModelRunner(model, self.kv, device=kernel.device)
+        self.runner = ModelRunner(
+            model, self.kv, device=kernel.device, pad_to=None if kernel.batch_invariant else []
+        )
         eos = list(getattr(tokenizer, "eos_token_ids", None) or c.eos_token_ids)
         self.eos_token_ids = eos
         self.sampler = Sampler(c.vocab_size, eos, seed=kernel.seed)
