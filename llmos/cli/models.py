@@ -36,7 +36,7 @@ from llmos.storage.store import Storage
 class StorageGroup(LlmosGroup):
     """One-line errors even when the sub-app runs alone; defers to the root under --debug."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         if ctx.find_root().params.get("debug"):
             return TyperGroup.invoke(self, ctx)
         return super().invoke(ctx)
