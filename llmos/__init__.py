@@ -6,7 +6,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# torch's OpenMP threads spin after each parallel region by default; the native attention
+# kernel runs on its own threads between GEMMs and would fight those spinners for the cores
+# (measured: decode +27 %, 256-token prefill -22 % time with passive waiting). It must be set
+# before torch loads its OpenMP runtime, hence here; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
