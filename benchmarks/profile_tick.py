@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see llmos/__init__.py)
 
 from llmos.kernel.engine import Engine  # noqa: E402
 from llmos.kernel.params import SamplingParams  # noqa: E402
