@@ -20,6 +20,7 @@ from llmos.api.deps import ServerContext
 from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
+from llmos.api.os import models as os_models
 from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
 from llmos.kernel.loop import EngineLike, EngineLoop
@@ -36,6 +37,7 @@ ROUTERS = (
     stats.router,
     probes.router,
     security.router,
+    os_models.router,
 )
 
 

@@ -127,17 +127,23 @@ class Engine:
 
     @classmethod
     def from_model(cls, ref: str | None = None, settings: Settings | None = None) -> Engine:
-        """Load a model (path, HF folder or default name) and build a kernel around it."""
+        """Load a model and build a kernel around it.
+
+        `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a
+        packaged model (`smollm2`, the default, or `gemma3`). The default model is imported into
+        the registry on first use, so it is served from verified, stored blobs.
+        """
         from llmos.models.loader import load_model_files
 
         settings = settings or Settings()
         set_compute_threads(settings.kernel.num_threads)
-        files = load_model_files(ref)
+        name, source = locate_model(ref, settings)
+        files = load_model_files(source)
         model = build_model(files.config, files.weights, settings.kernel.device)
         return cls(
             model,
             files.tokenizer,
-            model_name=files.name,
+            model_name=name or files.name,
             chat_template=files.chat_template,
             kernel=settings.kernel,
             memory=settings.memory,

@@ -99,6 +99,10 @@ ROUTE_PERMISSIONS: Final[dict[tuple[str, str], RouteRule]] = {
     ("POST", "/os/keys"): Permission.KEYS_MANAGE,
     ("DELETE", "/os/keys/{key_id}"): Permission.KEYS_MANAGE,
     ("GET", "/os/audit"): Permission.AUDIT_READ,
+    ("GET", "/os/models"): Permission.MODELS_READ,
+    ("GET", "/os/models/{name}"): Permission.MODELS_READ,
+    ("POST", "/os/models/{name}/verify"): Permission.MODELS_MANAGE,
+    ("DELETE", "/os/models/{name}"): Permission.MODELS_MANAGE,
 }
 
 

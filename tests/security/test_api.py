@@ -111,6 +111,10 @@ def _samples(model: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/os/keys"): {"json": {"name": "matrix"}},
         ("DELETE", "/os/keys/{key_id}"): {"path": {"key_id": "000000000000"}},
         ("GET", "/os/audit"): {},
+        ("GET", "/os/models"): {},
+        ("GET", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
+        ("POST", "/os/models/{name}/verify"): {"path": {"name": "no-such-model"}},
+        ("DELETE", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
     }
 
 
