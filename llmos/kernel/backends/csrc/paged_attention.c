@@ -40,14 +40,18 @@ static inline float exp_neg(float x) {
 /* scores of one query head against one block of keys: out[l] = sum_d q[d] * kt[d][l] */
 static inline void block_dots(const float *restrict q, const float *restrict kt, int64_t D,
                               int64_t bs, float *restrict out) {
-    if (bs == 16) { /* the default block size: 16 accumulators stay in two vector registers */
-        float a[16] = {0};
-        for (int64_t d = 0; d < D; d++) {
-            const float qd = q[d];
+    if (bs == 16 && D % 4 == 0) {
+        /* the default block size: four independent accumulator chains (d mod 4) hide the FMA
+         * latency; they are combined in one fixed order, so results stay batch-invariant */
+        float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
+        for (int64_t d = 0; d < D; d += 4) {
             const float *restrict kr = kt + d * 16;
-            for (int l = 0; l < 16; l++) a[l] += qd * kr[l];
+            for (int l = 0; l < 16; l++) a0[l] += q[d] * kr[l];
+            for (int l = 0; l < 16; l++) a1[l] += q[d + 1] * kr[16 + l];
+            for (int l = 0; l < 16; l++) a2[l] += q[d + 2] * kr[32 + l];
+            for (int l = 0; l < 16; l++) a3[l] += q[d + 3] * kr[48 + l];
         }
-        memcpy(out, a, sizeof a);
+        for (int l = 0; l < 16; l++) out[l] = (a0[l] + a1[l]) + (a2[l] + a3[l]);
         return;
     }
     for (int64_t l = 0; l < bs; l++) out[l] = 0;
