@@ -94,10 +94,6 @@ class Process:
     is_swapped: bool = False  # its KV lives in the swap area, not the pool
     seq_no: int = 0  # admission order (FCFS tie-break), set by the scheduler
     error: str | None = None
-    # output bookkeeping (text, stop strings) owned by the engine
-    output_text: str = ""
-    num_emitted_tokens: int = 0
-    num_emitted_chars: int = 0
 
     def __post_init__(self) -> None:
         if not self.token_ids:
