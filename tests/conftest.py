@@ -43,7 +43,9 @@ def smollm2_model(smollm2_files):  # type: ignore[no-untyped-def]
     """One SmolLM2 model object (weights only; each Engine brings its own KV pool)."""
     from llmos.models.registry import build_model
 
-    return build_model(smollm2_files.config, smollm2_files.weights)
+    return build_model(
+        smollm2_files.config, smollm2_files.weights, quantized=smollm2_files.quantized
+    )
 
 
 # Tests never touch the user's data dir: anything that opens the registry without its own

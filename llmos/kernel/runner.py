@@ -69,7 +69,11 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.kv = kv
-        self.pad_to = pad_to if pad_to is not None else calibrate_row_padding(model.gemm_weights())
+        if pad_to is None:
+            gemms = model.gemm_weights()
+            is_invariant = all(g.is_batch_invariant for g in gemms)
+            pad_to = [] if is_invariant else calibrate_row_padding([g.dense() for g in gemms])
+        self.pad_to = pad_to
         self.device = torch.device(device)
         self.block_size = kv.block_size
 

@@ -13,23 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from llmos.kernel.backends.cpu import AttentionMetadata, KVCache, paged_attention
+from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
-from llmos.models.layers import RotaryTable, gated_mlp, rms_norm
-from llmos.models.llama import _take
+from llmos.models.layers import RotaryTable, fused_linear, gated_mlp, rms_norm, take
 
 
 @dataclass(slots=True)
 class _Layer:
     input_norm: torch.Tensor
-    qkv: torch.Tensor
+    qkv: Linear
     q_norm: torch.Tensor
     k_norm: torch.Tensor
-    o: torch.Tensor
+    o: Linear
     post_attn_norm: torch.Tensor
     pre_ffn_norm: torch.Tensor
     post_ffn_norm: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    gate_up: Linear
+    down: Linear
     is_sliding: bool
 
 
@@ -39,40 +39,47 @@ class Gemma3ForCausalLM:
         config: ModelConfig,
         weights: dict[str, torch.Tensor],
         device: torch.device | str = "cpu",
+        quantized: dict[str, QuantizedMatrix] | None = None,
     ) -> None:
         self.config = c = config
-        self.embed = _take(weights, "model.embed_tokens.weight").to(device)
-        self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=self.embed.dtype)
-        self.norm = _take(weights, "model.norm.weight").to(device)
-        head = weights.get("lm_head.weight")
-        self.lm_head = self.embed if head is None or c.tie_word_embeddings else head.to(device)
+        quantized = quantized or {}
+        head = "lm_head.weight"
+        if head not in weights or c.tie_word_embeddings:
+            head = "model.embed_tokens.weight"
+        self.lm_head = fused_linear(weights, quantized, [head], device)
+        self.embed = (
+            None
+            if head != "lm_head.weight"
+            else take(weights, "model.embed_tokens.weight").to(device)
+        )
+        self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=torch.float32)
+        self.norm = take(weights, "model.norm.weight").to(device)
         self.layers: list[_Layer] = []
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
-            a = p + "self_attn."
 
             def w(name: str, p: str = p) -> torch.Tensor:
-                return _take(weights, p + name).to(device)
+                return take(weights, p + name).to(device)
 
-            qkv = torch.cat([_take(weights, a + f"{x}_proj.weight") for x in "qkv"])
-            gate_up = torch.cat(
-                [
-                    _take(weights, p + "mlp.gate_proj.weight"),
-                    _take(weights, p + "mlp.up_proj.weight"),
-                ]
-            )
+            def lin(*names: str, p: str = p) -> Linear:
+                return fused_linear(weights, quantized, [p + n for n in names], device)
+
             self.layers.append(
                 _Layer(
                     input_norm=w("input_layernorm.weight"),
-                    qkv=qkv.contiguous().to(device),
+                    qkv=lin(
+                        "self_attn.q_proj.weight",
+                        "self_attn.k_proj.weight",
+                        "self_attn.v_proj.weight",
+                    ),
                     q_norm=w("self_attn.q_norm.weight"),
                     k_norm=w("self_attn.k_norm.weight"),
-                    o=w("self_attn.o_proj.weight"),
+                    o=lin("self_attn.o_proj.weight"),
                     post_attn_norm=w("post_attention_layernorm.weight"),
                     pre_ffn_norm=w("pre_feedforward_layernorm.weight"),
                     post_ffn_norm=w("post_feedforward_layernorm.weight"),
-                    gate_up=gate_up.contiguous().to(device),
-                    down=w("mlp.down_proj.weight"),
+                    gate_up=lin("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+                    down=lin("mlp.down_proj.weight"),
                     is_sliding=c.is_sliding(i),
                 )
             )
@@ -88,11 +95,14 @@ class Gemma3ForCausalLM:
         """input_ids, positions: [T] -> hidden states [T, hidden] (final norm applied)."""
         c = self.config
         eps = c.rms_norm_eps
-        h = F.embedding(input_ids, self.embed) * self.embed_scale
+        if self.embed is None:
+            h = self.lm_head.rows(input_ids) * self.embed_scale
+        else:
+            h = F.embedding(input_ids, self.embed) * self.embed_scale
         T = h.shape[0]
         for i, layer in enumerate(self.layers):
             x = rms_norm(h, layer.input_norm, eps, offset=1.0)
-            q, k, v = F.linear(x, layer.qkv).split([self.q_size, self.kv_size, self.kv_size], -1)
+            q, k, v = layer.qkv(x).split([self.q_size, self.kv_size, self.kv_size], -1)
             q = rms_norm(q.view(T, c.num_heads, c.head_dim), layer.q_norm, eps, offset=1.0)
             k = rms_norm(k.view(T, c.num_kv_heads, c.head_dim), layer.k_norm, eps, offset=1.0)
             rope = self.rope_local if layer.is_sliding else self.rope_global
@@ -110,20 +120,20 @@ class Gemma3ForCausalLM:
                 sliding_window=window,
                 softcap=c.attn_logit_softcapping,
             )
-            h = h + rms_norm(F.linear(attn, layer.o), layer.post_attn_norm, eps, offset=1.0)
+            h = h + rms_norm(layer.o(attn), layer.post_attn_norm, eps, offset=1.0)
             x = rms_norm(h, layer.pre_ffn_norm, eps, offset=1.0)
             x = gated_mlp(x, layer.gate_up, layer.down, c.hidden_act)
             h = h + rms_norm(x, layer.post_ffn_norm, eps, offset=1.0)
         return rms_norm(h, self.norm, eps, offset=1.0)
 
-    def gemm_weights(self) -> list[torch.Tensor]:
-        """One weight of each GEMM shape the forward pass runs (for row-padding calibration)."""
+    def gemm_weights(self) -> list[Linear]:
+        """One layer of each GEMM shape the forward pass runs (for row-padding calibration)."""
         layer = self.layers[0]
         return [layer.qkv, layer.o, layer.gate_up, layer.down, self.lm_head]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] (float32), soft-capped when configured."""
-        logits = F.linear(hidden, self.lm_head).float()
+        logits = self.lm_head(hidden).float()
         cap = self.config.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from llmos.errors import ModelLoadError
+from llmos.kernel.backends.linear import QuantizedMatrix
 from llmos.models.config import ModelConfig
 
 GGUF_MAGIC = b"GGUF"
@@ -446,10 +447,44 @@ def unpermute_rotary(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     )
 
 
+# Types whose dequantization is (d * q) + m per 32-element block, d and m (or 0) stored first as
+# float16: their weights can stay compressed in memory (llmos.kernel.backends.linear).
+_GROUP_TYPES = {
+    GGMLQuantizationType.Q4_0: False,
+    GGMLQuantizationType.Q5_0: False,
+    GGMLQuantizationType.Q8_0: False,
+    GGMLQuantizationType.Q4_1: True,
+    GGMLQuantizationType.Q5_1: True,
+}
+
+
+def _quantized(gf: GGUFFile, info: GGUFTensorInfo, dense: torch.Tensor) -> QuantizedMatrix | None:
+    """The tensor in its stored integer form, if it reproduces `dense` exactly."""
+    has_min = _GROUP_TYPES.get(info.ggml_type)
+    if has_min is None or dense.dim() != 2:
+        return None
+    blocks = torch.from_numpy(gf.raw(info).copy()).view(
+        dense.shape[0], -1, GGML_QUANT_SIZES[info.ggml_type][1]
+    )
+    d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
+    m = (
+        blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+        if has_min
+        else torch.zeros_like(d)
+    )
+    return QuantizedMatrix.fit(dense, d, m)
+
+
 def iter_hf_weights(
-    gf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32
+    gf: GGUFFile,
+    cfg: ModelConfig,
+    dtype: torch.dtype = torch.float32,
+    quantized: dict[str, QuantizedMatrix] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, tensor)`` for every weight, dequantized to ``dtype``, one at a time."""
+    """Yield ``(hf_name, tensor)`` for every weight, dequantized to ``dtype``, one at a time.
+
+    With a `quantized` dict (float32 only), block-quantized matrices are also put there in their
+    stored form, which dequantizes to exactly the yielded tensor."""
     arch = gf.architecture
     for info in gf.tensors.values():
         name = hf_name(info.name, arch)
@@ -459,20 +494,32 @@ def iter_hf_weights(
                 hint="this GGUF variant is not supported by llmos",
             )
         w = torch.from_numpy(gf.dequantize(info))
+        qm = _quantized(gf, info, w) if quantized is not None and dtype == torch.float32 else None
+        heads = None
         if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
-            w = unpermute_rotary(w, cfg.num_heads)
+            heads = cfg.num_heads
         elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
-            w = unpermute_rotary(w, cfg.num_kv_heads)
+            heads = cfg.num_kv_heads
+        if heads is not None:
+            w = unpermute_rotary(w, heads)
+            if qm is not None:
+                qm = QuantizedMatrix(*(unpermute_rotary(t, heads) for t in (qm.q, qm.a, qm.c)))
+        if qm is not None and quantized is not None:
+            quantized[name] = qm
         if arch == "gemma3" and name.endswith("norm.weight"):
             w = w - 1.0  # llama.cpp stores Gemma's (1 + w); HF keeps w
         yield name, w.to(dtype).contiguous()
 
 
 def load_gguf_weights(
-    gf: GGUFFile, cfg: ModelConfig, dtype: torch.dtype = torch.float32
+    gf: GGUFFile,
+    cfg: ModelConfig,
+    dtype: torch.dtype = torch.float32,
+    quantized: dict[str, QuantizedMatrix] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All weights of a GGUF file under HF names (see module docstring for the conventions)."""
-    weights = dict(iter_hf_weights(gf, cfg, dtype))
+    """All weights of a GGUF file under HF names (see module docstring for the conventions);
+    `quantized`, if given, receives the block-quantized ones in stored form (iter_hf_weights)."""
+    weights = dict(iter_hf_weights(gf, cfg, dtype, quantized))
     _check_weights(gf, cfg, weights)
     return weights
 

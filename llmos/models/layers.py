@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmos.kernel.backends.linear import Linear, QuantizedMatrix
+
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, *, offset: float = 0.0
@@ -77,9 +79,38 @@ class RotaryTable:
         return x * cos + rotated * sin
 
 
-def gated_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act: str) -> torch.Tensor:
-    """x: [T, D]; gate_up: [2I, D] (gate rows then up rows); down: [D, I] -> [T, D]."""
-    gu = F.linear(x, gate_up)
+def take(weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    try:
+        return weights[name]
+    except KeyError:
+        raise KeyError(f"checkpoint has no tensor {name!r}") from None
+
+
+def fused_linear(
+    weights: dict[str, torch.Tensor],
+    quantized: dict[str, QuantizedMatrix],
+    names: list[str],
+    device: torch.device | str,
+    bias_names: list[str] | None = None,
+) -> Linear:
+    """One Linear whose output rows are those of `names` stacked in order (fewer, larger GEMMs).
+
+    Weights stay in their stored quantized form when every part has one."""
+    dense = [take(weights, n) for n in names]
+    if all(n in quantized for n in names):
+        parts = [quantized[n] for n in names]
+        weight: torch.Tensor | QuantizedMatrix = (
+            parts[0] if len(parts) == 1 else QuantizedMatrix.cat(parts)
+        )
+    else:
+        weight = dense[0] if len(dense) == 1 else torch.cat(dense)
+    bias = torch.cat([take(weights, n) for n in bias_names]) if bias_names else None
+    return Linear(weight, bias, device)
+
+
+def gated_mlp(x: torch.Tensor, gate_up: Linear, down: Linear, act: str) -> torch.Tensor:
+    """x: [T, D]; gate_up: D -> 2I (gate rows then up rows); down: I -> D; -> [T, D]."""
+    gu = gate_up(x)
     gate, up = gu.chunk(2, dim=-1)
     if act == "silu":
         h = F.silu(gate) * up
@@ -87,4 +118,4 @@ def gated_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act: s
         h = F.gelu(gate, approximate="tanh") * up
     else:
         raise ValueError(f"unsupported activation {act!r}")
-    return F.linear(h, down)
+    return down(h)

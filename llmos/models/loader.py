@@ -14,13 +14,14 @@ import logging
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmos.errors import ModelLoadError
+from llmos.kernel.backends.linear import QuantizedMatrix
 from llmos.models.config import ModelConfig
 from llmos.models.gguf import config_from_gguf, load_gguf_weights, read_gguf
 from llmos.models.tokenizer import Tokenizer
@@ -49,6 +50,8 @@ class ModelFiles:
     weights: dict[str, torch.Tensor]  # HF tensor names, dequantized to dtype, contiguous
     tokenizer: Tokenizer
     chat_template: str | None  # Jinja source; None if the model has none
+    # block-quantized GGUF matrices in stored form (bit-exact to their entry in `weights`)
+    quantized: dict[str, QuantizedMatrix] = field(default_factory=dict)
 
 
 def load_model_files(ref: str | Path | None, *, dtype: torch.dtype = torch.float32) -> ModelFiles:
@@ -156,8 +159,9 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype) -> ModelFiles:
     config = config_from_gguf(gf)
     tokenizer = Tokenizer.from_gguf_metadata(gf.metadata)
     template = gf.metadata.get("tokenizer.chat_template")
-    weights = load_gguf_weights(gf, config, dtype)
-    return ModelFiles(name, path, config, weights, tokenizer, template or None)
+    quantized: dict[str, QuantizedMatrix] = {}
+    weights = load_gguf_weights(gf, config, dtype, quantized)
+    return ModelFiles(name, path, config, weights, tokenizer, template or None, quantized)
 
 
 # --- Hugging Face folders --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 
 from llmos.errors import ModelLoadError
 from llmos.kernel.backends.cpu import AttentionMetadata, KVCache
+from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
 
 
@@ -20,7 +21,7 @@ class CausalLM(Protocol):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
-    def gemm_weights(self) -> list[torch.Tensor]: ...
+    def gemm_weights(self) -> list[Linear]: ...
 
 
 def _families() -> dict[str, type]:
@@ -31,8 +32,13 @@ def _families() -> dict[str, type]:
 
 
 def build_model(
-    config: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+    config: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    quantized: dict[str, QuantizedMatrix] | None = None,
 ) -> CausalLM:
+    """The model for `config.architecture`. Matrices found in `quantized` (the loader's stored
+    GGUF form, bit-exact to `weights`) stay quantized in memory."""
     families = _families()
     cls = families.get(config.architecture)
     if cls is None:
@@ -40,5 +46,5 @@ def build_model(
         raise ModelLoadError(
             f"Unsupported architecture {config.architecture!r}; llmos runs: {known}."
         )
-    model: CausalLM = cls(config, weights, device)
+    model: CausalLM = cls(config, weights, device, quantized)
     return model

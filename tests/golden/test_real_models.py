@@ -83,7 +83,7 @@ def test_logprobs_and_greedy_continuations_match_hf(pair, smollm2_model):
     model = (
         smollm2_model
         if files.config.architecture == "llama"
-        else build_model(files.config, files.weights)
+        else build_model(files.config, files.weights, quantized=files.quantized)
     )
     tok = files.tokenizer
     llm = LLM(engine=Engine(model, tok, model_name=files.name))

@@ -1,4 +1,4 @@
-"""Builds and loads the C paged-attention kernel (csrc/paged_attention.c) on first use.
+"""Builds and loads the C kernels (csrc/: paged attention, the batch-invariant GEMM) on first use.
 
 The shared library is compiled once per source version with the system C compiler into
 `$XDG_CACHE_HOME/llmos/kernels/` (about a second) and loaded with ctypes, which releases the GIL
@@ -20,8 +20,10 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "csrc" / "paged_attention.c"
-_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wall"]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("paged_attention.c", "gemm.c")]
+# -fopenmp links libgomp.so.1; inside a process that imported torch that is torch's own copy
+# (same soname, already loaded), so the kernels share PyTorch's thread pool.
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp", "-Wall"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -40,7 +42,7 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", str(out), "-lm"],
+            [compiler, *_FLAGS, *map(str, _SOURCES), "-o", str(out), "-lm"],
             check=True,
             capture_output=True,
             text=True,
@@ -56,17 +58,16 @@ def load() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         _tried = True
-        digest = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode()).hexdigest()
-        target = _cache_dir() / f"paged_attention-{digest[:16]}.so"
+        code = b"".join(src.read_bytes() for src in _SOURCES)
+        digest = hashlib.sha256(code + " ".join(_FLAGS).encode()).hexdigest()
+        target = _cache_dir() / f"llmos_kernels-{digest[:16]}.so"
         try:
             if not target.exists():
                 _build(target)
             lib = ctypes.CDLL(str(target))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             detail = getattr(e, "stderr", "") or e
-            logger.warning(
-                "native attention kernel unavailable (%s); using the PyTorch path", detail
-            )
+            logger.warning("native kernels unavailable (%s); using the PyTorch paths", detail)
             return None
         i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
         lib.paged_attention_f32.argtypes = [
@@ -91,5 +92,11 @@ def load() -> ctypes.CDLL | None:
             ptr,
         ]
         lib.paged_attention_f32.restype = ctypes.c_int
+        lib.linear_f32_available.argtypes = []
+        lib.linear_f32_available.restype = ctypes.c_int
+        lib.linear_f32.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, i64]
+        lib.linear_f32.restype = None
+        lib.linear_q8_f32.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
+        lib.linear_q8_f32.restype = None
         _lib = lib
         return lib

@@ -1,0 +1,156 @@
+"""Linear layers, y = x W^T (+ b), on the native batch-invariant GEMM (csrc/gemm.c).
+
+Invariants: a row's output does not depend on how many rows share the call (every output is one
+float32 multiply-add chain over k in index order); a `QuantizedMatrix` reproduces the float32
+weights of its GGUF tensor bit for bit (checked when it is built), so quantized storage changes
+how many bytes are streamed per token, never the arithmetic. Without AVX-512 or on another
+device a `Linear` runs `F.linear` on dense weights, and the runner pads small batches instead
+(see runner.py). See docs/design/kernel.md ("Linear layers").
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llmos.kernel.backends import native
+
+PANEL = 64  # output columns per packed panel (csrc/gemm.c: NR)
+GROUP = 32  # k per quantization group (csrc/gemm.c: QG)
+
+
+@dataclass(slots=True)
+class QuantizedMatrix:
+    """A [N, K] weight as w = (a * q) + c in float32, per row and group of 32 along k.
+
+    q: [N, K] int8, a and c: [N, K / 32] float32. GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors are
+    exactly this (their dequantizer rounds the product, then the sum), in 1.25 bytes a weight.
+    """
+
+    q: torch.Tensor
+    a: torch.Tensor
+    c: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.q.shape[0], self.q.shape[1]
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [N, K], rounded exactly as gguf's dequantizer rounds it."""
+        N, K = self.q.shape
+        q = self.q.view(N, K // GROUP, GROUP).float()
+        return ((self.a.unsqueeze(-1) * q) + self.c.unsqueeze(-1)).view(N, K)
+
+    @staticmethod
+    def cat(parts: list[QuantizedMatrix]) -> QuantizedMatrix:
+        """Stack along the output dimension (fused q/k/v or gate/up projections)."""
+        return QuantizedMatrix(
+            torch.cat([p.q for p in parts]),
+            torch.cat([p.a for p in parts]),
+            torch.cat([p.c for p in parts]),
+        )
+
+    @staticmethod
+    def fit(dense: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> QuantizedMatrix | None:
+        """The integer codes of `dense` given its group scales `a` and offsets `c` [N, K/32];
+        None unless they reproduce every bit of `dense` (then the tensor stays float32)."""
+        N, K = dense.shape
+        if K % GROUP or a.shape != (N, K // GROUP) or c.shape != a.shape:
+            return None
+        a, c = a.float().contiguous(), c.float().contiguous()
+        grouped = dense.view(N, K // GROUP, GROUP)
+        # float32 is enough to find the nearest integer; the exact check below decides
+        scale = torch.where(a != 0, 1.0 / a, torch.zeros_like(a)).unsqueeze(-1)
+        codes = torch.round((grouped - c.unsqueeze(-1)) * scale)
+        if codes.min() < -128 or codes.max() > 127:
+            return None
+        qm = QuantizedMatrix(codes.to(torch.int8).view(N, K), a, c)
+        return qm if torch.equal(qm.dequantize(), dense) else None
+
+
+def _lib() -> ctypes.CDLL | None:
+    lib = native.load()
+    return lib if lib is not None and lib.linear_f32_available() else None
+
+
+def _panels(t: torch.Tensor) -> torch.Tensor:
+    """[N, X] -> [ceil(N/64), X, 64], zero-padded: column panels as csrc/gemm.c reads them."""
+    N = t.shape[0]
+    pad = -N % PANEL
+    if pad:
+        t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
+    return t.view(-1, PANEL, *t.shape[1:]).transpose(1, 2).contiguous()
+
+
+class Linear:
+    """y = x W^T (+ b) for x [T, K] -> [T, N], batch-invariant on the native path."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor | QuantizedMatrix,
+        bias: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else bias.float().contiguous().to(device)
+        self.lib = _lib() if torch.device(device).type == "cpu" else None
+        self.weight: torch.Tensor | None = None  # dense [N, K], fallback path only
+        self.packed: torch.Tensor | None = None  # [P, K, 64] float32
+        self.quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if self.lib is None:
+            dense = weight.dequantize() if isinstance(weight, QuantizedMatrix) else weight
+            self.weight = dense.contiguous().to(device)
+        elif isinstance(weight, QuantizedMatrix):
+            self.quantized = (_panels(weight.q), _panels(weight.a), _panels(weight.c))
+        else:
+            self.packed = _panels(weight.float())
+
+    @property
+    def is_batch_invariant(self) -> bool:
+        return self.lib is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, K] -> [T, N]."""
+        if self.lib is None:
+            assert self.weight is not None
+            return F.linear(x, self.weight, self.bias)
+        x = x.contiguous()
+        T = x.shape[0]
+        out = torch.empty(T, self.out_features, dtype=torch.float32)
+        bias = None if self.bias is None else self.bias.data_ptr()
+        threads = torch.get_num_threads()
+        if self.quantized is not None:
+            q, a, c = self.quantized
+            self.lib.linear_q8_f32(
+                x.data_ptr(), T, self.in_features, q.data_ptr(), a.data_ptr(), c.data_ptr(),
+                self.out_features, bias, out.data_ptr(), threads,
+            )  # fmt: skip
+        else:
+            assert self.packed is not None
+            self.lib.linear_f32(
+                x.data_ptr(), T, self.in_features, self.packed.data_ptr(), self.out_features,
+                bias, out.data_ptr(), threads,
+            )  # fmt: skip
+        return out
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of W as float32 [len(ids), K] (an embedding lookup on a tied LM head)."""
+        if self.weight is not None:
+            return F.embedding(ids, self.weight)
+        panel, col = ids // PANEL, ids % PANEL
+        if self.quantized is not None:
+            q, a, c = self.quantized
+            return QuantizedMatrix(
+                q[panel, :, col], a[panel, :, col], c[panel, :, col]
+            ).dequantize()
+        assert self.packed is not None
+        return self.packed[panel, :, col]
+
+    def dense(self) -> torch.Tensor:
+        """The float32 weight [N, K] (for calibration and tests)."""
+        if self.weight is not None:
+            return self.weight
+        return self.rows(torch.arange(self.out_features))
