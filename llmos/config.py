@@ -44,6 +44,13 @@ class KernelConfig(BaseModel):
         description="Pad small batches so a process's output never depends on its batch "
         "neighbours (costs up to 3x at batch 1 on CPU; see docs/design/kernel.md).",
     )
+    max_resident_models: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Most models resident at once (each with its own KV pool); loading another "
+        "unloads the least recently used idle one.",
+    )
 
 
 class MemoryConfig(BaseModel):
@@ -82,7 +89,11 @@ class ApiConfig(BaseModel):
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body (413 above).")
     max_queue: int = Field(256, ge=1, description="Most waiting processes before 503.")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight work on SIGTERM.")
-    model: str = Field("smollm2", description="Model to serve (registry name, path or default).")
+    model: str = Field(
+        "smollm2",
+        description="Model resident from the start (registry name, path or default); requests "
+        "may name any registry model.",
+    )
 
 
 class SecurityConfig(BaseModel):

@@ -1,15 +1,18 @@
 """The FastAPI application: routers, error handlers, body limit, and the engine loop's lifetime.
 
-`create_app(engine, settings)` is all a server or a test needs; the engine loop starts with the
-app's lifespan and stops (killing what is still live) when the app shuts down.
+`create_app(engine, settings)` is all a server or a test needs: `engine` is the model resident
+from the start (its id is the default model), and any other registry model is loaded on demand
+(`llmos.kernel.residency`). The engine loop starts with the app's lifespan and stops (killing
+what is still live) when the app shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -23,7 +26,8 @@ from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.os import models as os_models
 from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
-from llmos.kernel.loop import EngineLike, EngineLoop
+from llmos.kernel.loop import EngineLoop
+from llmos.kernel.residency import RegistrySource, Residency, ServedEngine
 from llmos.monitor.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -47,14 +51,17 @@ def create_app(
     *,
     aliases: Iterable[str] = (),
     guard: Any = None,
+    pids: Iterator[int] | None = None,
 ) -> FastAPI:
-    """An app serving `engine` (an `llmos.kernel.engine.Engine`) under `settings`.
+    """An app serving `engine` (an `llmos.kernel.engine.Engine`) and the registry under
+    `settings`; `pids` is the counter `engine` draws its pids from (engines loaded later share
+    it, so a pid names one process).
 
     With `security.auth == "keys"` every non-public route needs an API key; `guard` (a
     `llmos.security.guard.Guard`) is opened from `settings` when not given.
     """
     settings = settings or Settings()
-    ctx = build_context(engine, settings, aliases=aliases)
+    ctx = build_context(engine, settings, aliases=aliases, pids=pids)
     if settings.security.auth == "keys":
         from llmos.security.guard import Guard
 
@@ -67,6 +74,7 @@ def create_app(
             yield
         finally:
             await asyncio.to_thread(ctx.loop.stop)
+            ctx.residency.close()
             if ctx.guard is not None:
                 await asyncio.to_thread(ctx.guard.close)  # flush queued audit rows
 
@@ -89,14 +97,31 @@ def create_app(
 
 
 def build_context(
-    engine: EngineLike, settings: Settings, *, aliases: Iterable[str] = ()
+    engine: ServedEngine,
+    settings: Settings,
+    *,
+    aliases: Iterable[str] = (),
+    pids: Iterator[int] | None = None,
 ) -> ServerContext:
-    metrics = Metrics(engine.model_name)
+    metrics = Metrics()
     loop = EngineLoop(
-        engine,
         max_running=settings.kernel.max_num_seqs,
         max_waiting=settings.api.max_queue,
         metrics=metrics,
+        pids=pids,
     )
+    source = RegistrySource(settings)
+    residency = Residency(loop, source, max_resident=settings.kernel.max_resident_models)
     names = {a for a in aliases if a} | {settings.api.model}
-    return ServerContext(loop=loop, settings=settings, metrics=metrics, aliases=names)
+    # A start model read from a path (or a package outside the registry) cannot be reloaded by
+    # name, so it is never unloaded.
+    from_path = any(Path(n).expanduser().exists() for n in names)
+    residency.adopt(engine, aliases=names, is_reloadable=False if from_path else None)
+    return ServerContext(
+        loop=loop,
+        residency=residency,
+        source=source,
+        settings=settings,
+        metrics=metrics,
+        default_model=engine.model_name,
+    )

@@ -20,11 +20,12 @@ from typing import Any
 from fastapi import Request
 
 from llmos.api.deps import ServerContext, get_context
-from llmos.errors import LlmosError, PermissionDenied
+from llmos.errors import LlmosError, NotFound, PermissionDenied
 from llmos.kernel.loop import EngineLoop, OutputStream
 from llmos.kernel.outputs import ProcessOutput
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
+from llmos.kernel.residency import ServedEngine
 from llmos.security.acl import PUBLIC, Permission, can_see, require, route_rule
 from llmos.security.guard import Guard, Ticket
 from llmos.security.principals import ANONYMOUS, LOCAL, Principal
@@ -115,16 +116,18 @@ def check_priority(principal: Principal, priority: Priority) -> None:
 async def open_guarded_stream(
     ctx: ServerContext,
     request: Request,
+    engine: ServedEngine,
     prompts: Prompts,
     priority: Priority,
     arrival_s: float,
 ) -> OutputStream:
-    """Admit `prompts` for the request's principal and submit them as processes it owns."""
+    """Admit `prompts` for the request's principal and submit them to `engine` as processes it
+    owns."""
     principal: Principal = getattr(request.state, "principal", LOCAL)
     guard: Guard | None = ctx.guard
     if guard is None:
         return ctx.loop.open_stream(
-            prompts, owner=principal.name, priority=priority, arrival_s=arrival_s
+            prompts, engine=engine, owner=principal.name, priority=priority, arrival_s=arrival_s
         )
     prompts = [(ids, _within_context(principal, ids, params)) for ids, params in prompts]
     demand = Demand(
@@ -136,19 +139,19 @@ async def open_guarded_stream(
     ticket = await asyncio.to_thread(
         guard.admit,
         principal,
-        model=ctx.model_name,
-        model_names=[ctx.model_name, *ctx.aliases],
+        model=engine.model_name,
+        model_names=ctx.model_names(engine.model_name),
         demand=demand,
         client=client_address(request),
         request_id=getattr(request.state, "request_id", uuid.uuid4().hex[:16]),
     )
     stream = MeteredStream(ctx.loop, asyncio.get_running_loop(), guard, ticket)
     if guard.config.audit_prompts:
-        stream.prompt_text = ctx.engine.tokenizer.decode(prompts[0][0])
+        stream.prompt_text = engine.tokenizer.decode(prompts[0][0])
     try:
         stream.pids = ctx.loop.submit(
-            prompts, stream.put_threadsafe, owner=principal.name, priority=priority,
-            arrival_s=arrival_s,
+            prompts, stream.put_threadsafe, engine=engine, owner=principal.name,
+            priority=priority, arrival_s=arrival_s,
         )  # fmt: skip
     except LlmosError as exc:
         guard.settle(ticket, num_prompt_tokens=0, num_completion_tokens=0, outcome=exc.code)
@@ -213,10 +216,24 @@ class MeteredStream(OutputStream):
         )
 
 
-async def may_use_model(ctx: ServerContext, principal: Principal) -> bool:
-    """Whether the served model is granted to `principal` (always, with `auth none`)."""
+async def may_use_model(ctx: ServerContext, principal: Principal, model_id: str) -> bool:
+    """Whether the model `model_id` is granted to `principal` (always, with `auth none`)."""
     guard: Guard | None = ctx.guard
     if guard is None:
         return True
-    names = [ctx.model_name, *ctx.aliases]
-    return await asyncio.to_thread(guard.acl.allows, principal, names)
+    return await asyncio.to_thread(guard.acl.allows, principal, ctx.model_names(model_id))
+
+
+async def granted_model(ctx: ServerContext, request: Request, name: str) -> str:
+    """The id of the model `name` names, if it exists and the request's principal may use it;
+    otherwise 404 `model_not_found` (a model you may not use looks like one that is absent).
+    Checked before the model is loaded, so nobody loads a model they may not use."""
+    model_id = await ctx.resolve_model(name)
+    principal: Principal = getattr(request.state, "principal", LOCAL)
+    if not await may_use_model(ctx, principal, model_id):
+        raise NotFound(
+            f"The model {name[:64]!r} does not exist or is not available to you.",
+            code="model_not_found",
+            param="model",
+        )
+    return model_id

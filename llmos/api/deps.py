@@ -6,8 +6,10 @@ surrogates, arrays instead of objects and wrong types all become the same 400 er
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,46 +17,73 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from llmos.api.errors import validation_error
-from llmos.errors import InvalidRequest, NotFound
+from llmos.errors import InvalidRequest, ModelNotResident
 
 if TYPE_CHECKING:
     from llmos.config import Settings
     from llmos.kernel.loop import EngineLoop
+    from llmos.kernel.residency import RegistrySource, Residency, ServedEngine
     from llmos.monitor.metrics import Metrics
+    from llmos.storage.registry import Registry
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+MAX_LOAD_ATTEMPTS = 3
 
 
 @dataclass
 class ServerContext:
-    """What every route needs: the engine loop, the engine, settings and metrics."""
+    """What every route needs: the engine loop, the resident models, settings and metrics."""
 
     loop: EngineLoop
+    residency: Residency
+    source: RegistrySource
     settings: Settings
     metrics: Metrics
-    aliases: set[str] = field(default_factory=set)
+    default_model: str  # the id of the model `llmos serve` started with
     started_s: float = field(default_factory=time.time)
     guard: Any = None  # llmos.security.guard.Guard with `auth keys`; None with `auth none`
 
     @property
-    def engine(self) -> Any:
-        return self.loop.engine
+    def registry(self) -> Registry:
+        """The registry of the server's data dir (opened on first use; may block briefly)."""
+        return self.source.registry
 
-    @property
-    def model_name(self) -> str:
-        return str(self.engine.model_name)
+    async def resolve_model(self, name: str) -> str:
+        """The id of the model `name` names (resident, an alias, or in the registry), else
+        NotFound `model_not_found` (names are compared and looked up, never opened)."""
+        found = self.residency.lookup(name)
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self.residency.resolve, name)
 
-    def resolve_model(self, name: str) -> str:
-        """The served model's id for `name`, or NotFound (nothing is opened by name here)."""
-        if name == self.model_name or name in self.aliases:
-            return self.model_name
-        shown = name if len(name) <= 64 else name[:61] + "..."
-        raise NotFound(
-            f"The model {shown!r} does not exist or is not served here.",
-            code="model_not_found",
-            param="model",
-            hint=f"served: {self.model_name}; see GET /v1/models",
-        )
+    def model_names(self, model_id: str) -> list[str]:
+        """Every name of a model that a grant may use: its id, `name:tag`, aliases."""
+        names = [model_id, *self.residency.aliases_of(model_id)]
+        if ":" not in model_id:
+            names.append(f"{model_id}:latest")
+        return names
+
+    @contextlib.asynccontextmanager
+    async def use_model(self, model_id: str) -> AsyncIterator[ServedEngine]:
+        """The engine of `model_id`, loaded first if need be (off the event loop), pinned
+        resident for the block: submit its processes inside, and they keep it resident."""
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            engine = self.residency.pin(model_id)
+            if engine is not None:
+                break
+            # shield: a client that goes away must not cancel a load other requests share.
+            await asyncio.shield(asyncio.wrap_future(self.residency.request(model_id)))
+        else:
+            raise ModelNotResident(
+                f"The model {model_id!r} was unloaded again before it could be used: too many "
+                "models are in demand for kernel.max_resident_models.",
+                code="models_busy",
+                hint="retry, or raise kernel.max_resident_models",
+            )
+        try:
+            yield engine
+        finally:
+            self.residency.release(model_id)
 
 
 def get_context(request: Request) -> ServerContext:

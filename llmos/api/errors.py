@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 # Failures a retry would not fix (the SDK retries every 5xx unless told not to).
-NO_RETRY_CODES = {"kernel_dead", "process_killed"}
+NO_RETRY_CODES = {"kernel_dead", "process_killed", "model_unavailable"}
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

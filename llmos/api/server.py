@@ -7,9 +7,10 @@ event and `[DONE]`), flush the responses, and exit 0. A second signal exits at o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -88,6 +89,7 @@ def build_server(
     *,
     aliases: tuple[str, ...] = (),
     on_listening: OnListening | None = None,
+    pids: Iterator[int] | None = None,
 ) -> LlmosServer:
     """A ready-to-run server for `engine` bound to `settings.api.host:port` (HTTPS when
     `security.tls_cert_file` is set). Refuses `auth none` on a non-loopback address."""
@@ -95,7 +97,7 @@ def build_server(
     from llmos.security.transport import check_bind
 
     check_bind(settings.api.host, settings.security)
-    app = create_app(engine, settings, aliases=aliases)
+    app = create_app(engine, settings, aliases=aliases, pids=pids)
     tls = settings.security
     config = uvicorn.Config(
         app,
@@ -112,10 +114,12 @@ def build_server(
 
 
 def serve(settings: Settings, *, on_listening: OnListening | None = None) -> None:
-    """Load `settings.api.model`, then serve it until a signal drains and stops the server."""
+    """Load `settings.api.model`, then serve it (and any registry model, loaded on demand)
+    until a signal drains and stops the server."""
     from llmos.kernel.engine import Engine
 
     ref = settings.api.model
-    engine = Engine.from_model(ref, settings)
+    pids = itertools.count(1)  # shared by every engine of this server
+    engine = Engine.from_model(ref, settings, pids=pids)
     logger.info("model %s resident; starting the server", engine.model_name)
-    build_server(engine, settings, aliases=(ref,), on_listening=on_listening).run()
+    build_server(engine, settings, aliases=(ref,), on_listening=on_listening, pids=pids).run()

@@ -11,6 +11,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class Engine:
         chat_template: str | None = None,
         kernel: KernelConfig | None = None,
         memory: MemoryConfig | None = None,
+        pids: Iterator[int] | None = None,
     ) -> None:
         self.kernel_config = kernel = kernel or KernelConfig()
         self.memory_config = memory = memory or MemoryConfig()
@@ -111,7 +113,7 @@ class Engine:
         eos = list(getattr(tokenizer, "eos_token_ids", None) or c.eos_token_ids)
         self.eos_token_ids = eos
         self.sampler = Sampler(c.vocab_size, eos, seed=kernel.seed)
-        self.table = ProcessTable()
+        self.table = ProcessTable(pids)
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._trackers: dict[int, OutputTracker] = {}
         self._counters = collections.Counter[str]()
@@ -126,27 +128,38 @@ class Engine:
         )
 
     @classmethod
-    def from_model(cls, ref: str | None = None, settings: Settings | None = None) -> Engine:
+    def from_model(
+        cls,
+        ref: str | None = None,
+        settings: Settings | None = None,
+        *,
+        pids: Iterator[int] | None = None,
+        name: str | None = None,
+    ) -> Engine:
         """Load a model and build a kernel around it.
 
         `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a
         packaged model (`smollm2`, the default, or `gemma3`). The default model is imported into
-        the registry on first use, so it is served from verified, stored blobs.
+        the registry on first use, so it is served from verified, stored blobs. `pids` is the
+        pid counter shared with the other engines of one server; `name` overrides the name the
+        model is served as.
         """
         from llmos.models.loader import load_model_files
 
         settings = settings or Settings()
         set_compute_threads(settings.kernel.num_threads)
-        name, source = locate_model(ref, settings)
+        served, source = locate_model(ref, settings)
+        served_as = name or served
         files = load_model_files(source)
         model = build_model(files.config, files.weights, settings.kernel.device)
         return cls(
             model,
             files.tokenizer,
-            model_name=name or files.name,
+            model_name=served_as or files.name,
             chat_template=files.chat_template,
             kernel=settings.kernel,
             memory=settings.memory,
+            pids=pids,
         )
 
     # ---- system calls (any thread) -------------------------------------------------------

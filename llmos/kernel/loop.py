@@ -1,9 +1,14 @@
-"""The engine driver: one background thread owns one Engine and ticks it while there is work.
+"""The engine driver: ONE background thread ticks every resident engine, round-robin, and fans
+their outputs out to subscribers.
 
-Submissions from any thread land in the engine's inbox and wake the driver; each ProcessOutput is
+One compute thread, not one per engine: on a small CPU two threads running torch at once slow
+each other far more than they gain. Each round gives every engine that has work one tick.
+Engines join (`add_engine`) and leave (`remove_engine`, refused while they have live processes)
+from any thread. Submissions land in an engine's inbox and wake the driver; each ProcessOutput is
 handed to the subscriber registered for its pid (for asyncio callers, onto an `asyncio.Queue`
 through `call_soon_threadsafe`). Invariants: a pid has a subscriber from the moment `submit`
-returns until its finished output is dispatched; the number of live processes never exceeds
+returns until its finished output is dispatched; pids are unique across engines (they share the
+loop's `pids` counter); the number of live processes over all engines never exceeds
 `max_running + max_waiting`; once the kernel is dead every live subscriber has received a
 finished output with `finish_reason="error"` and every later submission raises `KernelDead`.
 """
@@ -13,20 +18,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from llmos.errors import KernelDead, Overloaded
+from llmos.errors import KernelDead, ModelNotResident, Overloaded
 from llmos.kernel.outputs import EngineStats, ProcessOutput
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
 if TYPE_CHECKING:
-    from llmos.monitor.metrics import Metrics
+    from llmos.monitor.metrics import Metrics, ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class _Live:
     """Driver-side bookkeeping for one live process (monotonic seconds)."""
 
     sink: Sink
+    engine: EngineLike
     arrival_s: float
     first_token_s: float | None = None
     last_token_s: float | None = None
@@ -84,22 +92,25 @@ class _Throughput:
 
 
 class EngineLoop:
-    """Drives one engine from a background thread and fans its outputs out to subscribers."""
+    """Drives every resident engine from one background thread and fans their outputs out."""
 
     def __init__(
         self,
-        engine: EngineLike,
+        engine: EngineLike | None = None,
         *,
         max_running: int,
         max_waiting: int,
         metrics: Metrics | None = None,
+        pids: Iterator[int] | None = None,
     ) -> None:
-        self.engine = engine
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.metrics = metrics
+        # Engines added later must be built with `pids=loop.pids` (kill PID finds one engine).
+        self.pids: Iterator[int] = pids if pids is not None else itertools.count(1)
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
+        self._engines: dict[str, EngineLike] = {}
         self._live: dict[int, _Live] = {}
         self._throughput = _Throughput()
         self._thread: threading.Thread | None = None
@@ -108,6 +119,8 @@ class EngineLoop:
         self.dead_reason: str | None = None
         self.last_tick_s = time.monotonic()
         self.last_progress_s = time.monotonic()
+        if engine is not None:
+            self.add_engine(engine)
         if metrics is not None:
             metrics.add_snapshot_source(self.snapshot)
 
@@ -116,7 +129,7 @@ class EngineLoop:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmos-engine", daemon=True)
         self._thread.start()
-        logger.info("engine loop started (model %s)", self.engine.model_name)
+        logger.info("engine loop started (models: %s)", ", ".join(self.model_names) or "none")
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Kill what is still live, then stop the driver thread."""
@@ -143,6 +156,39 @@ class EngineLoop:
     def num_live(self) -> int:
         return len(self._live)
 
+    # ---- engines (any thread) --------------------------------------------------------------
+
+    def add_engine(self, engine: EngineLike) -> None:
+        """Start ticking `engine` (a model just made resident)."""
+        with self._lock:
+            if engine.model_name in self._engines:
+                raise ValueError(f"model {engine.model_name} is already in the engine loop")
+            self._engines[engine.model_name] = engine
+        logger.info("model %s joins the engine loop", engine.model_name)
+
+    def remove_engine(self, model_name: str) -> EngineLike | None:
+        """Stop ticking a model's engine and return it; None if it is not here or still has
+        live processes (checked under the admission lock, so no submission slips in)."""
+        with self._lock:
+            engine = self._engines.get(model_name)
+            if engine is None or any(live.engine is engine for live in self._live.values()):
+                return None
+            del self._engines[model_name]
+        logger.info("model %s leaves the engine loop", model_name)
+        return engine
+
+    def engine(self, model_name: str) -> EngineLike | None:
+        return self._engines.get(model_name)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._engines)
+
+    def num_live_of(self, model_name: str) -> int:
+        """Live processes of one model."""
+        with self._lock:
+            return sum(1 for live in self._live.values() if live.engine.model_name == model_name)
+
     # ---- submission and control (any thread) -----------------------------------------------
 
     def submit(
@@ -150,40 +196,57 @@ class EngineLoop:
         prompts: Sequence[tuple[list[int], SamplingParams]],
         sink: Sink,
         *,
+        engine: EngineLike | None = None,
         owner: str = "local",
         priority: Priority = Priority.NORMAL,
         arrival_s: float | None = None,
     ) -> list[int]:
-        """Admit all of `prompts` as processes feeding `sink`, or none of them.
+        """Admit all of `prompts` as processes of `engine` (default: the first engine added)
+        feeding `sink`, or none of them.
 
-        Raises Overloaded (queue full or draining), KernelDead, or the engine's own validation
-        errors (ContextTooLong, InvalidRequest). The count check and the registration happen under
-        one lock, so a burst can never overshoot the bound.
+        Raises Overloaded (queue full or draining), KernelDead, ModelNotResident (the engine
+        left the loop), or the engine's own validation errors (ContextTooLong, InvalidRequest).
+        The count check and the registration happen under one lock, so a burst can never
+        overshoot the bound.
         """
         arrival_s = time.monotonic() if arrival_s is None else arrival_s
         with self._lock:
-            self._check_admission(len(prompts))
+            engine = self._admissible(engine)
+            self._check_admission(len(prompts), engine.model_name)
             pids: list[int] = []
             try:
                 for token_ids, params in prompts:
-                    pid = self.engine.submit(token_ids, params, owner=owner, priority=priority)
+                    pid = engine.submit(token_ids, params, owner=owner, priority=priority)
+                    assert pid not in self._live, f"pid {pid} reused: engines must share pids"
                     pids.append(pid)
-                    self._live[pid] = _Live(sink=sink, arrival_s=arrival_s)
+                    self._live[pid] = _Live(sink=sink, engine=engine, arrival_s=arrival_s)
             except BaseException:
                 for pid in pids:
                     self._live.pop(pid, None)
-                    self.engine.kill(pid)
+                    engine.kill(pid)
                 raise
         self._wakeup.set()
         return pids
 
-    def _check_admission(self, num_new: int) -> None:
+    def _admissible(self, engine: EngineLike | None) -> EngineLike:
+        if engine is None:
+            engine = next(iter(self._engines.values()), None)
+            if engine is None:
+                raise ModelNotResident("No model is resident.", hint="load a model first")
+        elif self._engines.get(engine.model_name) is not engine:
+            raise ModelNotResident(
+                f"The model {engine.model_name!r} was unloaded before the request was admitted.",
+                hint="retry the request",
+            )
+        return engine
+
+    def _check_admission(self, num_new: int, model_name: str) -> None:
         if self.dead_reason is not None:
             raise KernelDead(
                 f"The engine stopped: {self.dead_reason}", hint="the server must be restarted"
             )
         if self.is_draining or self._stopping:
-            self._reject("shutting_down")
+            self._reject("shutting_down", model_name)
             raise Overloaded(
                 "The server is shutting down and admits no new requests.",
                 code="shutting_down",
@@ -191,7 +254,7 @@ class EngineLoop:
             )
         capacity = self.max_running + self.max_waiting
         if len(self._live) + num_new > capacity:
-            self._reject("queue_full")
+            self._reject("queue_full", model_name)
             raise Overloaded(
                 f"The server is overloaded: {len(self._live)} processes are live and the limit "
                 f"is {capacity} ({self.max_running} running + {self.max_waiting} waiting).",
@@ -199,12 +262,15 @@ class EngineLoop:
                 hint="retry after a short wait",
             )
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, model_name: str) -> None:
         if self.metrics is not None:
-            self.metrics.admission_rejected(reason)
+            self.metrics.model(model_name).admission_rejected(reason)
 
     def kill(self, pid: int) -> bool:
-        ok = self.engine.kill(pid)
+        live = self._live.get(pid)
+        if live is None:
+            return False
+        ok = live.engine.kill(pid)
         self._wakeup.set()
         return ok
 
@@ -214,22 +280,33 @@ class EngineLoop:
         return killed
 
     def renice(self, pid: int, priority: Priority) -> bool:
-        ok = self.engine.renice(pid, priority)
+        live = self._live.get(pid)
+        if live is None:
+            return False
+        ok = live.engine.renice(pid, priority)
         self._wakeup.set()
         return ok
 
     def processes(self) -> list[ProcessInfo]:
-        return self.engine.processes()
+        """The process table of every resident model, by pid."""
+        procs = [p for engine in self._engines_now() for p in engine.processes()]
+        return sorted(procs, key=lambda p: p.pid)
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        """Every resident model's stats summed; `model` lists their names."""
+        return sum_stats([engine.stats() for engine in self._engines_now()])
+
+    def stats_by_model(self) -> dict[str, EngineStats]:
+        return {engine.model_name: engine.stats() for engine in self._engines_now()}
 
     def tokens_per_s(self) -> float:
         return self._throughput.rate(time.monotonic())
 
-    def snapshot(self) -> dict[str, float]:
-        """Scrape-time numbers for `/metrics`."""
-        s = self.stats()
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Scrape-time numbers for `/metrics`, per resident model."""
+        return {name: self._snapshot(s) for name, s in self.stats_by_model().items()}
+
+    def _snapshot(self, s: EngineStats) -> dict[str, float]:
         total = s.kv_blocks_total or 1
         return {
             "num_running": s.num_running,
@@ -246,28 +323,41 @@ class EngineLoop:
             "num_ticks": s.num_ticks,
         }
 
+    def _engines_now(self) -> list[EngineLike]:
+        with self._lock:
+            return list(self._engines.values())
+
     # ---- the driver thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stopping:
-            if not self.engine.has_work():
+            busy = [engine for engine in self._engines_now() if engine.has_work()]
+            if not busy:
                 self._wakeup.wait(IDLE_WAIT_S)
                 self._wakeup.clear()
                 self.last_tick_s = time.monotonic()
                 continue
-            try:
-                outputs = self.engine.step()
-            except BaseException as exc:  # the kernel is dead: tell everyone, then stop
-                logger.exception("engine tick failed; the kernel is dead")
-                self._die(f"{type(exc).__name__}: {exc}")
-                return
-            now_s = time.monotonic()
-            self.last_tick_s = now_s
-            if outputs:
-                self.last_progress_s = now_s
-                self._dispatch(outputs, now_s)
+            for engine in busy:  # round robin: one tick each per round
+                if not self._tick(engine):
+                    return
 
-    def _dispatch(self, outputs: list[ProcessOutput], now_s: float) -> None:
+    def _tick(self, engine: EngineLike) -> bool:
+        """One tick of one engine; False once the kernel is dead."""
+        try:
+            outputs = engine.step()
+        except BaseException as exc:  # the kernel is dead: tell everyone, then stop
+            logger.exception("engine tick of %s failed; the kernel is dead", engine.model_name)
+            self._die(f"{type(exc).__name__}: {exc}")
+            return False
+        now_s = time.monotonic()
+        self.last_tick_s = now_s
+        if outputs:
+            self.last_progress_s = now_s
+            self._dispatch(engine, outputs, now_s)
+        return True
+
+    def _dispatch(self, engine: EngineLike, outputs: list[ProcessOutput], now_s: float) -> None:
+        m = self.metrics.model(engine.model_name) if self.metrics is not None else None
         num_new_tokens = 0
         for out in outputs:
             with self._lock:
@@ -275,34 +365,14 @@ class EngineLoop:
             if live is None:
                 continue
             num_new_tokens += len(out.new_token_ids)
-            self._record(live, out, now_s)
+            _record(m, live, out, now_s)
             try:
                 live.sink(out)
             except Exception:
                 logger.exception("subscriber of pid %d failed; killing it", out.pid)
                 if not out.finished:
-                    self.engine.kill(out.pid)
+                    engine.kill(out.pid)
         self._throughput.add(now_s, num_new_tokens)
-
-    def _record(self, live: _Live, out: ProcessOutput, now_s: float) -> None:
-        m = self.metrics
-        if out.new_token_ids:
-            if live.first_token_s is None:
-                live.first_token_s = now_s
-                if m is not None:
-                    m.ttft_s.observe(now_s - live.arrival_s)
-                    m.prompt_tokens.inc(out.num_prompt_tokens)
-                    m.cached_prompt_tokens.inc(out.num_cached_tokens)
-            elif m is not None and live.last_token_s is not None:
-                gap_s = (now_s - live.last_token_s) / len(out.new_token_ids)
-                for _ in out.new_token_ids:
-                    m.itl_s.observe(gap_s)
-            live.last_token_s = now_s
-            if m is not None:
-                m.generation_tokens.inc(len(out.new_token_ids))
-        if out.finished and m is not None:
-            m.e2e_s.observe(now_s - live.arrival_s)
-            m.process_finished(out.finish_reason or "stop")
 
     def _die(self, reason: str) -> None:
         self.dead_reason = reason
@@ -322,7 +392,7 @@ class EngineLoop:
                     )
                 )
             if self.metrics is not None:
-                self.metrics.process_finished("error")
+                self.metrics.model(entry.engine.model_name).process_finished("error")
 
     # ---- asyncio hand-off -------------------------------------------------------------------
 
@@ -330,6 +400,7 @@ class EngineLoop:
         self,
         prompts: Sequence[tuple[list[int], SamplingParams]],
         *,
+        engine: EngineLike | None = None,
         owner: str = "local",
         priority: Priority = Priority.NORMAL,
         arrival_s: float | None = None,
@@ -337,10 +408,47 @@ class EngineLoop:
         """Submit `prompts` from a coroutine; their outputs arrive on the returned stream."""
         stream = OutputStream(self, asyncio.get_running_loop())
         stream.pids = self.submit(
-            prompts, stream.put_threadsafe, owner=owner, priority=priority, arrival_s=arrival_s
+            prompts,
+            stream.put_threadsafe,
+            engine=engine,
+            owner=owner,
+            priority=priority,
+            arrival_s=arrival_s,
         )
         stream.unfinished = set(stream.pids)
         return stream
+
+
+def _record(m: ModelMetrics | None, live: _Live, out: ProcessOutput, now_s: float) -> None:
+    """Latency and token series for one output of one process."""
+    if out.new_token_ids:
+        if live.first_token_s is None:
+            live.first_token_s = now_s
+            if m is not None:
+                m.ttft_s.observe(now_s - live.arrival_s)
+                m.prompt_tokens.inc(out.num_prompt_tokens)
+                m.cached_prompt_tokens.inc(out.num_cached_tokens)
+        elif m is not None and live.last_token_s is not None:
+            gap_s = (now_s - live.last_token_s) / len(out.new_token_ids)
+            for _ in out.new_token_ids:
+                m.itl_s.observe(gap_s)
+        live.last_token_s = now_s
+        if m is not None:
+            m.generation_tokens.inc(len(out.new_token_ids))
+    if out.finished and m is not None:
+        m.e2e_s.observe(now_s - live.arrival_s)
+        m.process_finished(out.finish_reason or "stop")
+
+
+def sum_stats(parts: Sequence[EngineStats]) -> EngineStats:
+    """Several engines' stats as one: counts added, names joined, block size of the first."""
+    total = EngineStats(model=", ".join(s.model for s in parts))
+    for f in dataclasses.fields(EngineStats):
+        if f.name in ("model", "extra", "kv_block_size"):
+            continue
+        setattr(total, f.name, sum(getattr(s, f.name) for s in parts))
+    total.kv_block_size = parts[0].kv_block_size if parts else 0
+    return total
 
 
 class OutputStream:

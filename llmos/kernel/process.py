@@ -10,6 +10,7 @@ import enum
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from llmos.kernel.params import SamplingParams
@@ -156,11 +157,15 @@ class ProcessInfo:
 
 
 class ProcessTable:
-    """Every live process by pid. Thread-safe for readers on other threads (snapshots)."""
+    """Every live process by pid. Thread-safe for readers on other threads (snapshots).
 
-    def __init__(self) -> None:
+    Tables of engines serving side by side share one `pids` counter, so a pid names one process
+    across all of them (`kill PID` finds its engine).
+    """
+
+    def __init__(self, pids: Iterator[int] | None = None) -> None:
         self._procs: dict[int, Process] = {}
-        self._next_pid = itertools.count(1)
+        self._next_pid = pids if pids is not None else itertools.count(1)
         self._lock = threading.Lock()
 
     def new_pid(self) -> int:

@@ -8,6 +8,7 @@ All names carry the `llmos:` prefix and a `model_name` label, following vLLM's s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -92,89 +93,115 @@ _SNAPSHOT_SERIES: dict[str, tuple[str, str, str]] = {
 
 
 class _SnapshotCollector(Collector):
-    """Turns a dict snapshot from the kernel into gauges and counters at scrape time."""
+    """Turns per-model dict snapshots from the kernel into gauges and counters at scrape time."""
 
-    def __init__(self, model_name: str, source: Callable[[], Mapping[str, float]]) -> None:
-        self._model_name = model_name
+    def __init__(self, source: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._source()
+        snapshots = self._source()
         for key, (name, kind, doc) in _SNAPSHOT_SERIES.items():
-            if key not in snapshot:
-                continue
             family: GaugeMetricFamily | CounterMetricFamily
             if kind == "gauge":
                 family = GaugeMetricFamily(name, doc, labels=["model_name"])
             else:
                 family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self._model_name], float(snapshot[key]))
-            yield family
+            for model_name, snapshot in snapshots.items():
+                if key in snapshot:
+                    family.add_metric([model_name], float(snapshot[key]))
+            if family.samples:
+                yield family
 
 
-class Metrics:
-    """One server's metrics. Thread-safe: the engine driver thread and the API both write."""
+class ModelMetrics:
+    """The event-driven series of one model, bound to its `model_name` label."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, metrics: Metrics, model_name: str) -> None:
         self.model_name = model_name
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model_name"]
-        r = self.registry
-        self.prompt_tokens = Counter(
-            "llmos:prompt_tokens", "Prompt tokens of admitted processes.", labels, registry=r
-        ).labels(model_name)
-        self.generation_tokens = Counter(
-            "llmos:generation_tokens", "Tokens generated.", labels, registry=r
-        ).labels(model_name)
-        self.cached_prompt_tokens = Counter(
-            "llmos:cached_prompt_tokens",
-            "Prompt tokens served from the prefix cache.",
-            labels,
-            registry=r,
-        ).labels(model_name)
-        self.ttft_s = Histogram(
-            "llmos:time_to_first_token_seconds",
-            "Submission to first output token.",
-            labels,
-            buckets=TTFT_BUCKETS_S,
-            registry=r,
-        ).labels(model_name)
-        self.itl_s = Histogram(
-            "llmos:inter_token_latency_seconds",
-            "Time between output tokens of one process.",
-            labels,
-            buckets=ITL_BUCKETS_S,
-            registry=r,
-        ).labels(model_name)
-        self.e2e_s = Histogram(
-            "llmos:e2e_request_latency_seconds",
-            "Submission to last output token.",
-            labels,
-            buckets=E2E_BUCKETS_S,
-            registry=r,
-        ).labels(model_name)
-        self._finished = Counter(
-            "llmos:process_finished",
-            "Processes ended, by finish reason (stop, length, killed, error).",
-            ["model_name", "finish_reason"],
-            registry=r,
-        )
-        self._rejected = Counter(
-            "llmos:admission_rejected",
-            "Requests refused at the door, by reason.",
-            ["model_name", "reason"],
-            registry=r,
-        )
-
-    def add_snapshot_source(self, source: Callable[[], Mapping[str, float]]) -> None:
-        """Register the kernel's scrape-time snapshot (queue depth, KV blocks, preemptions)."""
-        self.registry.register(_SnapshotCollector(self.model_name, source))
+        self.prompt_tokens = metrics.prompt_tokens.labels(model_name)
+        self.generation_tokens = metrics.generation_tokens.labels(model_name)
+        self.cached_prompt_tokens = metrics.cached_prompt_tokens.labels(model_name)
+        self.ttft_s = metrics.ttft_s.labels(model_name)
+        self.itl_s = metrics.itl_s.labels(model_name)
+        self.e2e_s = metrics.e2e_s.labels(model_name)
+        self._finished = metrics.finished
+        self._rejected = metrics.rejected
 
     def process_finished(self, finish_reason: str) -> None:
         self._finished.labels(self.model_name, finish_reason).inc()
 
     def admission_rejected(self, reason: str) -> None:
         self._rejected.labels(self.model_name, reason).inc()
+
+
+class Metrics:
+    """One server's metrics, every series labelled by model. Thread-safe: the engine driver
+    thread and the API both write."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model_name"]
+        r = self.registry
+        self.prompt_tokens = Counter(
+            "llmos:prompt_tokens", "Prompt tokens of admitted processes.", labels, registry=r
+        )
+        self.generation_tokens = Counter(
+            "llmos:generation_tokens", "Tokens generated.", labels, registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            "llmos:cached_prompt_tokens",
+            "Prompt tokens served from the prefix cache.",
+            labels,
+            registry=r,
+        )
+        self.ttft_s = Histogram(
+            "llmos:time_to_first_token_seconds",
+            "Submission to first output token.",
+            labels,
+            buckets=TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.itl_s = Histogram(
+            "llmos:inter_token_latency_seconds",
+            "Time between output tokens of one process.",
+            labels,
+            buckets=ITL_BUCKETS_S,
+            registry=r,
+        )
+        self.e2e_s = Histogram(
+            "llmos:e2e_request_latency_seconds",
+            "Submission to last output token.",
+            labels,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.finished = Counter(
+            "llmos:process_finished",
+            "Processes ended, by finish reason (stop, length, killed, error).",
+            ["model_name", "finish_reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "llmos:admission_rejected",
+            "Requests refused at the door, by reason.",
+            ["model_name", "reason"],
+            registry=r,
+        )
+        self._models: dict[str, ModelMetrics] = {}
+        self._lock = threading.Lock()
+
+    def model(self, model_name: str) -> ModelMetrics:
+        """The series of one model (made on first use)."""
+        with self._lock:
+            found = self._models.get(model_name)
+            if found is None:
+                found = self._models[model_name] = ModelMetrics(self, model_name)
+            return found
+
+    def add_snapshot_source(self, source: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        """Register the kernel's scrape-time snapshot, {model_name: {key: value}} (queue depth,
+        KV blocks, preemptions of each resident model)."""
+        self.registry.register(_SnapshotCollector(source))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""

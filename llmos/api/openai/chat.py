@@ -9,12 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from llmos.api.auth import granted_model
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.api.openai import serving as sv
 from llmos.api.openai.schemas import ChatCompletionRequest
 from llmos.api.prompts import encode_chat
 from llmos.errors import InvalidRequest
 from llmos.kernel.loop import OutputStream
+from llmos.kernel.residency import ServedEngine
 
 router = APIRouter()
 
@@ -25,29 +27,31 @@ async def create_chat_completion(
     body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest)),
     ctx: ServerContext = Depends(get_context),
 ) -> Response:
-    """Generate a chat answer (OpenAI's shape); `stream: true` sends SSE chunks."""
+    """Generate a chat answer (OpenAI's shape); `stream: true` sends SSE chunks. The `model`
+    may be any registry model you are granted; one not resident is loaded first."""
     arrival_s = time.monotonic()
-    model = ctx.resolve_model(body.model)
+    model = await granted_model(ctx, request, body.model)
     _refuse_unsupported(body)
     messages = [m.model_dump(exclude_none=True) | {"content": m.text()} for m in body.messages]
     num_chars = sum(len(m["content"]) for m in messages)
-    sv.precheck_length(ctx, num_chars)
-    prompt_ids = await sv.off_loop(num_chars, encode_chat, ctx.engine, messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    n = body.n or 1
-    prompts = [
-        (
-            prompt_ids,
-            sv.sampling_params(body, max_tokens=max_tokens, logprobs=num_logprobs, choice_idx=i),
-        )
-        for i in range(n)
-    ]
-    stream = await sv.open_stream(
-        ctx, prompts, sv.parse_priority(body.priority), arrival_s, request
-    )
+    async with ctx.use_model(model) as engine:
+        sv.precheck_length(engine, num_chars)
+        prompt_ids = await sv.off_loop(num_chars, encode_chat, engine, messages)
+        prompts = [
+            (
+                prompt_ids,
+                sv.sampling_params(
+                    body, max_tokens=max_tokens, logprobs=num_logprobs, choice_idx=i
+                ),
+            )
+            for i in range(body.n or 1)
+        ]
+        priority = sv.parse_priority(body.priority)
+        stream = await sv.open_stream(ctx, engine, prompts, priority, arrival_s, request)
     choices = {pid: sv.Choice(index=i) for i, pid in enumerate(stream.pids)}
-    reply = _Reply(ctx, model, body)
+    reply = _Reply(engine, model, body)
     if body.stream:
         return sv.ProcessStreamResponse(reply.events(stream, choices), stream)
     if not await sv.collect(stream, request, choices):
@@ -72,13 +76,13 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
 class _Reply:
     """Formats one request's choices as a completion or as chunks."""
 
-    def __init__(self, ctx: ServerContext, model: str, body: ChatCompletionRequest) -> None:
+    def __init__(self, engine: ServedEngine, model: str, body: ChatCompletionRequest) -> None:
         self.id = sv.new_id("chatcmpl")
         self.created = sv.now_s()
         self.model = model
         self.body = body
         self.top = body.top_logprobs or 0
-        self.token_text = sv.TokenText(ctx.engine.tokenizer)
+        self.token_text = sv.TokenText(engine.tokenizer)
 
     def completion(self, choices: list[sv.Choice]) -> dict[str, Any]:
         return {

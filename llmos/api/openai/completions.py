@@ -9,12 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from llmos.api.auth import granted_model
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.api.openai import serving as sv
 from llmos.api.openai.schemas import CompletionRequest
 from llmos.api.prompts import encode_text
 from llmos.errors import InvalidRequest
 from llmos.kernel.loop import OutputStream
+from llmos.kernel.residency import ServedEngine
 
 router = APIRouter()
 DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for legacy completions
@@ -26,23 +28,29 @@ async def create_completion(
     body: CompletionRequest = Depends(json_body(CompletionRequest)),
     ctx: ServerContext = Depends(get_context),
 ) -> Response:
-    """Continue a prompt (string, list of strings, token ids or lists of token ids)."""
+    """Continue a prompt (string, list of strings, token ids or lists of token ids). The
+    `model` may be any registry model you are granted; one not resident is loaded first."""
     arrival_s = time.monotonic()
-    model = ctx.resolve_model(body.model)
+    model = await granted_model(ctx, request, body.model)
     _refuse_unsupported(body)
-    prompt_ids = await _prompt_ids(ctx, body.prompt)
     n = body.n or 1
     max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS
-    prompts = [
-        (ids, sv.sampling_params(body, max_tokens=max_tokens, logprobs=body.logprobs, choice_idx=i))
-        for ids in prompt_ids
-        for i in range(n)
-    ]
-    stream = await sv.open_stream(
-        ctx, prompts, sv.parse_priority(body.priority), arrival_s, request
-    )
+    async with ctx.use_model(model) as engine:
+        prompt_ids = await _prompt_ids(engine, body.prompt)
+        prompts = [
+            (
+                ids,
+                sv.sampling_params(
+                    body, max_tokens=max_tokens, logprobs=body.logprobs, choice_idx=i
+                ),
+            )
+            for ids in prompt_ids
+            for i in range(n)
+        ]
+        priority = sv.parse_priority(body.priority)
+        stream = await sv.open_stream(ctx, engine, prompts, priority, arrival_s, request)
     choices = {pid: sv.Choice(index=k, prompt_idx=k // n) for k, pid in enumerate(stream.pids)}
-    reply = _Reply(ctx, model, body, prompt_ids)
+    reply = _Reply(engine, model, body, prompt_ids)
     if body.stream:
         return sv.ProcessStreamResponse(reply.events(stream, choices), stream)
     if not await sv.collect(stream, request, choices):
@@ -62,7 +70,7 @@ def _refuse_unsupported(body: CompletionRequest) -> None:
         raise InvalidRequest("'best_of' other than n is not supported.", param="best_of")
 
 
-async def _prompt_ids(ctx: ServerContext, prompt: Any) -> list[list[int]]:
+async def _prompt_ids(engine: ServedEngine, prompt: Any) -> list[list[int]]:
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
@@ -74,22 +82,26 @@ async def _prompt_ids(ctx: ServerContext, prompt: Any) -> list[list[int]]:
             raise InvalidRequest("A token-id prompt is empty.", param="prompt")
         return [list(p) for p in prompt]
     num_chars = sum(len(p) for p in prompt)
-    sv.precheck_length(ctx, max(len(p) for p in prompt))
-    return [await sv.off_loop(num_chars, encode_text, ctx.engine, p) for p in prompt]
+    sv.precheck_length(engine, max(len(p) for p in prompt))
+    return [await sv.off_loop(num_chars, encode_text, engine, p) for p in prompt]
 
 
 class _Reply:
     """Formats one request's choices as a text completion or as chunks."""
 
     def __init__(
-        self, ctx: ServerContext, model: str, body: CompletionRequest, prompt_ids: list[list[int]]
+        self,
+        engine: ServedEngine,
+        model: str,
+        body: CompletionRequest,
+        prompt_ids: list[list[int]],
     ) -> None:
         self.id = sv.new_id("cmpl")
         self.created = sv.now_s()
         self.model = model
         self.body = body
-        self.tokenizer = ctx.engine.tokenizer
-        self.token_text = sv.TokenText(ctx.engine.tokenizer)
+        self.tokenizer = engine.tokenizer
+        self.token_text = sv.TokenText(engine.tokenizer)
         self._prompt_ids = prompt_ids
         self._prompt_text: dict[int, str] = {}
 

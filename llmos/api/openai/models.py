@@ -1,51 +1,85 @@
-"""GET /v1/models and GET /v1/models/{id}: what this server serves."""
+"""GET /v1/models and GET /v1/models/{id}: every model this server can answer for.
+
+That is the registry (any stored model is loaded on demand) plus a start model served from a
+path; each caller sees only the models granted to them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from llmos.api.auth import authorize, may_use_model
+from llmos.api.auth import authorize, granted_model, may_use_model
 from llmos.api.deps import ServerContext, get_context
-from llmos.errors import NotFound
+from llmos.kernel.residency import display_id
 from llmos.security.principals import Principal
+from llmos.storage.manifest import ModelManifest
+from llmos.storage.names import ModelRef
 
 router = APIRouter()
 
 
-def model_card(ctx: ServerContext) -> dict[str, Any]:
+def model_card(ctx: ServerContext, model_id: str, m: ModelManifest | None) -> dict[str, Any]:
+    engine = ctx.residency.engine(model_id)
+    if engine is not None:
+        max_model_len = engine.max_model_len
+    else:
+        max_model_len = min(ctx.settings.kernel.max_model_len, _context_length(m))
     return {
-        "id": ctx.model_name,
+        "id": model_id,
         "object": "model",
-        "created": int(ctx.started_s),
+        "created": int(m.created_at.timestamp()) if m is not None else int(ctx.started_s),
         "owned_by": "llmos",
-        "max_model_len": ctx.engine.max_model_len,
-        "aliases": sorted(ctx.aliases),
+        "max_model_len": max_model_len,
+        "aliases": ctx.residency.aliases_of(model_id),
+        "resident": engine is not None,
     }
+
+
+def _context_length(m: ModelManifest | None) -> int:
+    """The trained context from a manifest's config (GGUF `*.context_length` or HF)."""
+    config = m.config if m is not None else {}
+    for key, value in config.items():
+        if (key.endswith(".context_length") or key == "max_position_embeddings") and isinstance(
+            value, int
+        ):
+            return value
+    return 1 << 30
+
+
+async def catalog(ctx: ServerContext) -> dict[str, ModelManifest | None]:
+    """Every model id served here -> its manifest (None for a start model read from a path),
+    the default model first."""
+    manifests = await asyncio.to_thread(lambda: ctx.registry.list())
+    found: dict[str, ModelManifest | None] = {
+        display_id(ModelRef(m.name, m.tag)): m for m in manifests
+    }
+    for model_id in ctx.residency.resident_ids:
+        found.setdefault(model_id, None)
+    order = sorted(found, key=lambda i: (i != ctx.default_model, i))
+    return {i: found[i] for i in order}
 
 
 @router.get("/v1/models")
 async def list_models(
     ctx: ServerContext = Depends(get_context), principal: Principal = Depends(authorize)
 ) -> dict[str, Any]:
-    """The models this server can answer for (those granted to you)."""
-    cards = [model_card(ctx)] if await may_use_model(ctx, principal) else []
+    """The models this server can answer for (those granted to you), the default first;
+    `resident` says which are loaded now (others load on their first request)."""
+    cards = [
+        model_card(ctx, model_id, m)
+        for model_id, m in (await catalog(ctx)).items()
+        if await may_use_model(ctx, principal, model_id)
+    ]
     return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(
-    model_id: str,
-    ctx: ServerContext = Depends(get_context),
-    principal: Principal = Depends(authorize),
+    model_id: str, request: Request, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:
-    """One served model by id or alias (404 `model_not_found` otherwise, or if not granted)."""
-    ctx.resolve_model(model_id)
-    if not await may_use_model(ctx, principal):
-        raise NotFound(
-            f"The model {model_id[:64]!r} does not exist or is not available to you.",
-            code="model_not_found",
-            param="model",
-        )
-    return model_card(ctx)
+    """One model by id or alias (404 `model_not_found` otherwise, or if not granted)."""
+    found = await granted_model(ctx, request, model_id)
+    return model_card(ctx, found, (await catalog(ctx)).get(found))

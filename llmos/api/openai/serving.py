@@ -26,6 +26,7 @@ from llmos.kernel.loop import OutputStream
 from llmos.kernel.outputs import ProcessOutput
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
+from llmos.kernel.residency import ServedEngine
 
 T = TypeVar("T")
 SYSTEM_FINGERPRINT = "llmos-0.1.0"
@@ -120,9 +121,9 @@ def sampling_params(
     return params
 
 
-def precheck_length(ctx: ServerContext, num_chars: int) -> None:
+def precheck_length(engine: ServedEngine, num_chars: int) -> None:
     """Refuse text that cannot possibly fit the context, without tokenizing it."""
-    max_len = ctx.engine.max_model_len
+    max_len = engine.max_model_len
     if num_chars > max_len * MAX_CHARS_PER_TOKEN:
         raise ContextTooLong(
             f"This model's maximum context length is {max_len} tokens; the prompt has "
@@ -141,15 +142,17 @@ async def off_loop(num_chars: int, fn: Callable[..., T], *args: Any, **kwargs: A
 
 async def open_stream(
     ctx: ServerContext,
+    engine: ServedEngine,
     prompts: list[tuple[list[int], SamplingParams]],
     priority: Priority,
     arrival_s: float,
     request: Request,
 ) -> OutputStream:
-    """Submit as the request's principal, after its model grant, quotas and rate limits."""
+    """Submit to `engine` as the request's principal, after its model grant, quotas and rate
+    limits."""
     from llmos.api.auth import open_guarded_stream
 
-    return await open_guarded_stream(ctx, request, prompts, priority, arrival_s)
+    return await open_guarded_stream(ctx, request, engine, prompts, priority, arrival_s)
 
 
 async def collect(stream: OutputStream, request: Request, choices: dict[int, Choice]) -> bool:

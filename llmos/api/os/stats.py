@@ -1,4 +1,5 @@
-"""GET /os/stats: the kernel at a glance (KV blocks, prefix cache, throughput, queue depth)."""
+"""GET /os/stats: the kernel at a glance (KV blocks, prefix cache, throughput, queue depth),
+summed over the resident models, and the same per model under `models`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ router = APIRouter(prefix="/os", tags=["os"])
 
 @router.get("/stats")
 async def get_stats(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
-    """KV blocks used/free/cached, prefix-cache hit rate, tokens/s, queue depth and counters."""
+    """KV blocks used/free/cached, prefix-cache hit rate, tokens/s, queue depth and counters of
+    all resident models together; `models` has each resident model's own numbers."""
     s = ctx.loop.stats()
     data = dataclasses.asdict(s)
     data.update(
@@ -27,5 +29,8 @@ async def get_stats(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]
         max_live=ctx.loop.max_running + ctx.loop.max_waiting,
         is_draining=ctx.loop.is_draining,
         uptime_s=round(max(0.0, time.time() - ctx.started_s), 1),
+        default_model=ctx.default_model,
+        max_resident_models=ctx.residency.max_resident,
+        models={name: dataclasses.asdict(m) for name, m in ctx.loop.stats_by_model().items()},
     )
     return data

@@ -1,0 +1,338 @@
+"""The program loader: which models are resident; load on demand, unload the least recently used.
+
+A request may name any model its source (the registry) knows. A model that is not resident is
+loaded on a single loader thread (never the event loop, never the driver thread, so resident
+models keep ticking) and joins the one engine loop. Invariants: at most `max_resident` models are
+resident, the ones beyond are refused rather than loaded; a model with live processes, or pinned
+by a request being admitted, is never unloaded; concurrent requests for one model load it once and
+share the outcome, failure included; a model that fails to load leaves the others serving.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from llmos.errors import (
+    Conflict,
+    InvalidRequest,
+    LlmosError,
+    ModelNotResident,
+    NotFound,
+    Overloaded,
+)
+from llmos.kernel.loop import EngineLike, EngineLoop
+
+if TYPE_CHECKING:
+    from llmos.config import Settings
+    from llmos.storage.names import ModelRef
+    from llmos.storage.registry import Registry
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ServedEngine(EngineLike, Protocol):
+    """An engine as the API uses it: the driver's part plus the tokenizer and limits."""
+
+    tokenizer: Any
+    chat_template: str | None
+    max_model_len: int
+
+
+class ModelSource(Protocol):
+    """Where models come from: which names exist, and how to build an engine for one."""
+
+    def find(self, name: str) -> str | None:
+        """The model id `name` refers to, or None (nothing is opened from a name)."""
+        ...
+
+    def check(self, model_id: str) -> None:
+        """Raise if `model_id` cannot be loaded (e.g. a corrupted file), before room is made."""
+        ...
+
+    def load(self, model_id: str, pids: Iterator[int]) -> ServedEngine:
+        """A new engine serving `model_id`, drawing pids from `pids`."""
+        ...
+
+
+@dataclass(slots=True)
+class _Resident:
+    engine: ServedEngine
+    # False: the start model came from a path or a package, not the source; None: not known yet
+    is_reloadable: bool | None
+    last_used_s: float
+    num_pins: int = 0
+
+
+class Residency:
+    """Resident models by id, loaded on demand into `loop`, LRU-unloaded beyond `max_resident`."""
+
+    def __init__(self, loop: EngineLoop, source: ModelSource, *, max_resident: int) -> None:
+        self.loop = loop
+        self.source = source
+        self.max_resident = max_resident
+        self._lock = threading.Lock()
+        self._resident: dict[str, _Resident] = {}
+        self._aliases: dict[str, str] = {}  # other names of resident models -> id
+        self._loading: dict[str, Future[ServedEngine]] = {}
+        # One worker: loads run one at a time (each is CPU- and memory-heavy).
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmos-loader")
+
+    # ---- what is resident (any thread, no I/O) ----------------------------------------------
+
+    def adopt(
+        self,
+        engine: ServedEngine,
+        *,
+        aliases: Iterable[str] = (),
+        is_reloadable: bool | None = None,
+    ) -> None:
+        """Make an engine built elsewhere (the model `llmos serve` starts with) resident.
+
+        `is_reloadable=None` asks the source, when it matters, whether it can load the model
+        again by its id; a model that cannot be reloaded is never unloaded."""
+        self.loop.add_engine(engine)
+        with self._lock:
+            self._resident[engine.model_name] = _Resident(engine, is_reloadable, time.monotonic())
+            for alias in aliases:
+                if alias and alias != engine.model_name:
+                    self._aliases[alias] = engine.model_name
+
+    def lookup(self, name: str) -> str | None:
+        """The id of a resident model called `name` (its id or an alias), else None."""
+        if name in self._resident:
+            return name
+        return self._aliases.get(name)
+
+    def aliases_of(self, model_id: str) -> list[str]:
+        return sorted(a for a, target in self._aliases.items() if target == model_id)
+
+    @property
+    def resident_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._resident)
+
+    def is_resident(self, model_id: str) -> bool:
+        return model_id in self._resident
+
+    def engine(self, model_id: str) -> ServedEngine | None:
+        """The engine of a resident model (for reading its limits), not pinned."""
+        r = self._resident.get(model_id)
+        return r.engine if r is not None else None
+
+    def resolve(self, name: str) -> str:
+        """The id of the model `name` refers to (resident or in the source), else NotFound."""
+        found = self.lookup(name) or self.source.find(name)
+        if found is None:
+            shown = name if len(name) <= 64 else name[:61] + "..."
+            raise NotFound(
+                f"The model {shown!r} does not exist or is not served here.",
+                code="model_not_found",
+                param="model",
+                hint="see GET /v1/models",
+            )
+        return found
+
+    # ---- pins: a request holds its model resident until its processes are live --------------
+
+    def pin(self, model_id: str) -> ServedEngine | None:
+        """The resident engine of `model_id`, pinned (call `release`); None if not resident."""
+        with self._lock:
+            r = self._resident.get(model_id)
+            if r is None:
+                return None
+            r.num_pins += 1
+            r.last_used_s = time.monotonic()
+            return r.engine
+
+    def release(self, model_id: str) -> None:
+        with self._lock:
+            r = self._resident.get(model_id)
+            if r is not None and r.num_pins > 0:
+                r.num_pins -= 1
+
+    # ---- loading and unloading ---------------------------------------------------------------
+
+    def request(self, model_id: str) -> Future[ServedEngine]:
+        """A future that completes once `model_id` is resident: already done, shared with a
+        load in progress, or a new load queued on the loader thread."""
+        with self._lock:
+            r = self._resident.get(model_id)
+            if r is not None:
+                done: Future[ServedEngine] = Future()
+                done.set_result(r.engine)
+                return done
+            pending = self._loading.get(model_id)
+            if pending is None:
+                pending = self._loader.submit(self._load, model_id)
+                self._loading[model_id] = pending
+            return pending
+
+    def load(self, model_id: str) -> ServedEngine:
+        """Make `model_id` resident (blocking); raises what the load raised."""
+        return self.request(model_id).result()
+
+    def unload(self, model_id: str, *, then: Callable[[], object] | None = None) -> bool:
+        """Unload `model_id` if resident (Conflict while it has live processes or pins), then
+        run `then` on the loader thread, so no load of the model can slip in between. Returns
+        whether it was resident."""
+        return self._loader.submit(self._unload, model_id, then).result()
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def _unload(self, model_id: str, then: Callable[[], object] | None) -> bool:
+        with self._lock:
+            was_resident = model_id in self._resident
+            if was_resident:
+                if self._resident[model_id].num_pins or self.loop.remove_engine(model_id) is None:
+                    raise Conflict(
+                        f"The model {model_id} has live processes; it stays resident.",
+                        hint="wait for them to finish or kill them (llmos ps, llmos kill)",
+                    )
+                self._forget(model_id)
+        if was_resident:
+            gc.collect()  # give the weights and the KV pool back now
+            logger.info("model %s unloaded", model_id)
+        if then is not None:
+            then()
+        return was_resident
+
+    def _load(self, model_id: str) -> ServedEngine:
+        """Runs on the loader thread: check, make room, load, join the engine loop."""
+        try:
+            with self._lock:
+                r = self._resident.get(model_id)
+            if r is not None:
+                return r.engine
+            started_s = time.monotonic()
+            # Checked before anything is unloaded: a corrupt model must not evict a good one.
+            self._guarded(model_id, lambda: self.source.check(model_id))
+            self._make_room(model_id)
+            engine = self._guarded(model_id, lambda: self.source.load(model_id, self.loop.pids))
+            self.loop.add_engine(engine)
+            with self._lock:
+                self._resident[model_id] = _Resident(engine, True, time.monotonic())
+            logger.info(
+                "model %s resident (loaded in %.1f s)", model_id, time.monotonic() - started_s
+            )
+            return engine
+        finally:
+            with self._lock:
+                self._loading.pop(model_id, None)
+
+    @staticmethod
+    def _guarded(model_id: str, fn: Callable[[], T]) -> T:
+        """`fn()`, its failure reported as the model being unavailable (or gone)."""
+        try:
+            return fn()
+        except NotFound:
+            raise NotFound(
+                f"The model {model_id!r} is no longer in the registry.",
+                code="model_not_found",
+                param="model",
+            ) from None
+        except LlmosError as exc:
+            logger.error("model %s failed to load: %s", model_id, exc)
+            raise _unavailable(model_id, exc.message, exc.hint) from exc
+        except Exception as exc:
+            logger.exception("model %s failed to load", model_id)
+            raise _unavailable(model_id, f"{type(exc).__name__}: {exc}", None) from exc
+
+    def _make_room(self, model_id: str) -> None:
+        """Unload least recently used idle models until one more fits, or raise Overloaded."""
+        for rid, r in list(self._resident.items()):
+            if r.is_reloadable is None:
+                r.is_reloadable = self.source.find(rid) == rid
+        freed = False
+        with self._lock:
+            while len(self._resident) >= self.max_resident:
+                idle = sorted(
+                    (r.last_used_s, rid)
+                    for rid, r in self._resident.items()
+                    if r.num_pins == 0 and r.is_reloadable
+                )
+                victim = next(
+                    (rid for _, rid in idle if self.loop.remove_engine(rid) is not None), None
+                )
+                if victim is None:
+                    raise Overloaded(
+                        f"Cannot load {model_id}: all {len(self._resident)} resident models "
+                        f"({', '.join(self._resident)}) are busy and kernel.max_resident_models "
+                        f"is {self.max_resident}.",
+                        code="models_busy",
+                        hint="retry when a resident model is idle, or raise "
+                        "kernel.max_resident_models",
+                    )
+                self._forget(victim)
+                freed = True
+                logger.info("model %s unloaded (least recently used) to load %s", victim, model_id)
+        if freed:
+            gc.collect()  # give the unloaded weights and KV pool back before loading more
+
+    def _forget(self, model_id: str) -> None:
+        """Drop a model from the tables (caller holds the lock and removed it from the loop)."""
+        del self._resident[model_id]
+        for alias in [a for a, target in self._aliases.items() if target == model_id]:
+            del self._aliases[alias]
+
+
+def _unavailable(model_id: str, what: str, hint: str | None) -> ModelNotResident:
+    return ModelNotResident(
+        f"The model {model_id!r} could not be loaded: {what}",
+        code="model_unavailable",
+        param="model",
+        hint=f"check it with `llmos models verify {model_id}`" + (f"; {hint}" if hint else ""),
+    )
+
+
+def display_id(ref: ModelRef) -> str:
+    """How a registry model is named in the API: `name` for `name:latest`, else `name:tag`."""
+    return ref.name if ref.tag == "latest" else f"{ref.name}:{ref.tag}"
+
+
+class RegistrySource:
+    """Models of the storage registry, loaded from their verified blobs (never from a path)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Registry:
+        """The registry of the data dir, opened on first use (a database open: may block)."""
+        with self._lock:
+            if self._registry is None:
+                from llmos.storage.registry import Registry
+                from llmos.storage.store import Storage
+
+                self._registry = Registry(Storage(self.settings.storage))
+            return self._registry
+
+    def find(self, name: str) -> str | None:
+        from llmos.storage.names import ModelRef
+
+        try:
+            ref = ModelRef.parse(name)
+        except InvalidRequest:
+            return None
+        return display_id(ref) if self.registry.exists(ref) else None
+
+    def check(self, model_id: str) -> None:
+        self.registry.resolve(model_id)  # hashes the blobs once: ModelCorrupted
+
+    def load(self, model_id: str, pids: Iterator[int]) -> ServedEngine:
+        from llmos.kernel.engine import Engine
+
+        # The verified blob (a `.gguf` link or an HF folder of links in the data dir), never a
+        # path a request could name; `check` already hashed it (cached by inode and mtime).
+        path = self.registry.resolve(model_id)
+        return Engine.from_model(str(path), self.settings, pids=pids, name=model_id)
