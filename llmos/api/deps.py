@@ -71,6 +71,7 @@ class ServerContext:
             engine = self.residency.pin(model_id)
             if engine is not None:
                 break
+            self.loop.check_open(model_id)
             # shield: a client that goes away must not cancel a load other requests share.
             await asyncio.shield(asyncio.wrap_future(self.residency.request(model_id)))
         else:

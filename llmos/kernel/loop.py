@@ -240,6 +240,12 @@ class EngineLoop:
             )
         return engine
 
+    def check_open(self, model_name: str) -> None:
+        """Raise what `submit` would for any request now (kernel dead, draining), e.g. before
+        spending seconds loading a model for a request that cannot be admitted."""
+        with self._lock:
+            self._check_admission(0, model_name)
+
     def _check_admission(self, num_new: int, model_name: str) -> None:
         if self.dead_reason is not None:
             raise KernelDead(

@@ -234,3 +234,11 @@ def test_a_model_that_cannot_be_reloaded_is_never_unloaded(loop: EngineLoop, tok
         residency.load("a")
     assert residency.resident_ids == ["start"]
     residency.close()
+
+
+def test_check_open_refuses_before_a_load_when_draining(loop: EngineLoop) -> None:
+    loop.check_open("a")  # open: no error
+    loop.begin_drain()
+    with pytest.raises(Overloaded) as refused:
+        loop.check_open("a")
+    assert refused.value.code == "shutting_down"
