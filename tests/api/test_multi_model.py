@@ -131,3 +131,13 @@ def _flip_one_byte(blob: Path) -> None:
     temp.write_bytes(bytes(data))
     os.chmod(temp, 0o444)
     os.replace(temp, blob)
+
+
+def test_the_start_model_is_served_under_the_id_requests_use(tmp_path: Path) -> None:
+    from llmos.api.server import served_name
+
+    assert served_name("gemma3-270m:latest") == GEMMA  # not loaded twice as "gemma3-270m"
+    assert served_name("mine:v1") == "mine:v1" and served_name(SMOLLM2) == SMOLLM2
+    model_file = tmp_path / "x.gguf"
+    model_file.write_bytes(b"GGUF")
+    assert served_name(str(model_file)) is None  # a path keeps the loader's name
