@@ -151,7 +151,7 @@ class Engine:
         served, source = locate_model(ref, settings)
         served_as = name or served
         files = load_model_files(source)
-        model = build_model(files.config, files.weights, settings.kernel.device)
+        model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
         return cls(
             model,
             files.tokenizer,

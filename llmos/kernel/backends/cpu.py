@@ -11,7 +11,6 @@ docs/design/kernel.md.
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -39,17 +38,10 @@ class AttentionMetadata:
     # derived once per tick, shared by every layer
     slot_block: torch.Tensor = field(init=False)
     slot_offset: torch.Tensor = field(init=False)
-    row_bounds: dict[int, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.slot_block = self.slot_mapping // self.block_size
         self.slot_offset = self.slot_mapping % self.block_size
-
-    def bounds(self, num_parts: int) -> list[int]:
-        """Row ranges splitting the attention work (~ keys) into `num_parts` equal parts."""
-        if num_parts not in self.row_bounds:
-            self.row_bounds[num_parts] = _balanced_split(self.row_ctx, num_parts)
-        return self.row_bounds[num_parts]
 
 
 class KVCache:
@@ -108,12 +100,10 @@ class KVCache:
 
 
 class _NativeAttention:
-    """Calls the C kernel, splitting rows over threads (ctypes releases the GIL)."""
+    """Calls the C kernel, which splits (row, head) pairs over PyTorch's OpenMP threads."""
 
-    def __init__(self, lib: ctypes.CDLL, num_threads: int) -> None:
+    def __init__(self, lib: ctypes.CDLL) -> None:
         self.fn = lib.paged_attention_f32
-        self.num_threads = max(1, num_threads)
-        self.pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
 
     def __call__(
         self,
@@ -130,8 +120,7 @@ class _NativeAttention:
         if num_rows == 0:
             return
         T, H, D = q.shape
-        Hkv, Dv = k_cache.shape[1], v_cache.shape[3]
-        args = (
+        rc = self.fn(
             q.data_ptr(),
             k_cache.data_ptr(),
             v_cache.data_ptr(),
@@ -139,34 +128,19 @@ class _NativeAttention:
             meta.block_tables.shape[1],
             meta.row_seq.data_ptr(),
             meta.row_ctx.data_ptr(),
-        )
-        tail = (
+            num_rows,
             meta.max_ctx,
             H,
-            Hkv,
+            k_cache.shape[1],
             D,
-            Dv,
+            v_cache.shape[3],
             k_cache.shape[3],
             scale,
             window or 0,
             softcap or 0.0,
             out.data_ptr(),
+            torch.get_num_threads(),
         )
-        # rows cost ~ their context: split so each thread gets about the same number of keys
-        n = self.num_threads if self.pool is not None and num_rows >= 2 * self.num_threads else 1
-        bounds = meta.bounds(n)
-        if n == 1:
-            self._check(self.fn(*args, 0, num_rows, *tail))
-            return
-        futures = [
-            self.pool.submit(self.fn, *args, lo, hi, *tail)  # type: ignore[union-attr]
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        for f in futures:
-            self._check(f.result())
-
-    @staticmethod
-    def _check(rc: int) -> None:
         if rc != 0:
             raise MemoryError("paged attention kernel could not allocate scratch memory")
 
@@ -174,21 +148,12 @@ class _NativeAttention:
 _native: _NativeAttention | None = None
 
 
-def _balanced_split(row_ctx: torch.Tensor, n: int) -> list[int]:
-    if n == 1:
-        return [0, row_ctx.numel()]
-    cum = torch.cumsum(row_ctx, 0)
-    targets = cum[-1] * torch.arange(1, n) / n
-    cuts = torch.searchsorted(cum, targets).tolist()
-    return [0, *cuts, row_ctx.numel()]
-
-
 def native_attention() -> _NativeAttention | None:
     global _native
     if _native is None:
         lib = native.load()
         if lib is not None:
-            _native = _NativeAttention(lib, torch.get_num_threads())
+            _native = _NativeAttention(lib)
     return _native
 
 

@@ -85,8 +85,37 @@ def _panels(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1, PANEL, *t.shape[1:]).transpose(1, 2).contiguous()
 
 
+def _nibble_zero(qm: QuantizedMatrix) -> int | None:
+    """0 or 8 when every code fits 4 bits as code + zero and the scales are float16-exact
+    (GGUF's Q4_0/Q4_1), else None."""
+    lo, hi = int(qm.q.min()), int(qm.q.max())
+    zero = 0 if lo >= 0 and hi <= 15 else 8 if lo >= -8 and hi <= 7 else None
+    exact = all(torch.equal(t.half().float(), t) for t in (qm.a, qm.c))
+    return zero if exact else None
+
+
+class _Nibbles:
+    """4-bit panels as csrc/gemm.c's linear_q4_f32 reads them: [P, K, 32] bytes whose low
+    nibble is column j and high nibble column j + 32 of the panel, scales float16."""
+
+    def __init__(self, qm: QuantizedMatrix, zero: int) -> None:
+        codes = _panels((qm.q.to(torch.int16) + zero).to(torch.uint8))  # [P, K, 64]
+        self.q = codes[..., :32] | (codes[..., 32:] << 4)
+        self.a, self.c = _panels(qm.a.half()), _panels(qm.c.half())
+        self.zero = zero
+
+    def rows(self, panel: torch.Tensor, col: torch.Tensor) -> QuantizedMatrix:
+        b = self.q[panel, :, col % 32]
+        u = torch.where((col < 32).unsqueeze(-1), b & 15, b >> 4)
+        codes = (u.to(torch.int16) - self.zero).to(torch.int8)
+        return QuantizedMatrix(codes, self.a[panel, :, col].float(), self.c[panel, :, col].float())
+
+
 class Linear:
-    """y = x W^T (+ b) for x [T, K] -> [T, N], batch-invariant on the native path."""
+    """y = x W^T (+ b) for x [T, K] -> [T, N], batch-invariant on the native path.
+
+    Storage, smallest first: 4-bit panels (Q4_0/Q4_1), int8 panels with float32 group scales
+    (other block types), dense float32 panels; dense [N, K] for the PyTorch fallback."""
 
     def __init__(
         self,
@@ -100,11 +129,16 @@ class Linear:
         self.weight: torch.Tensor | None = None  # dense [N, K], fallback path only
         self.packed: torch.Tensor | None = None  # [P, K, 64] float32
         self.quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.nibbles: _Nibbles | None = None
         if self.lib is None:
             dense = weight.dequantize() if isinstance(weight, QuantizedMatrix) else weight
             self.weight = dense.contiguous().to(device)
         elif isinstance(weight, QuantizedMatrix):
-            self.quantized = (_panels(weight.q), _panels(weight.a), _panels(weight.c))
+            zero = _nibble_zero(weight)
+            if zero is not None:
+                self.nibbles = _Nibbles(weight, zero)
+            else:
+                self.quantized = (_panels(weight.q), _panels(weight.a), _panels(weight.c))
         else:
             self.packed = _panels(weight.float())
 
@@ -118,22 +152,27 @@ class Linear:
             assert self.weight is not None
             return F.linear(x, self.weight, self.bias)
         x = x.contiguous()
-        T = x.shape[0]
-        out = torch.empty(T, self.out_features, dtype=torch.float32)
+        T, K, N = x.shape[0], self.in_features, self.out_features
+        out = torch.empty(T, N, dtype=torch.float32)
         bias = None if self.bias is None else self.bias.data_ptr()
         threads = torch.get_num_threads()
-        if self.quantized is not None:
+        if self.nibbles is not None:
+            nb = self.nibbles
+            self.lib.linear_q4_f32(
+                x.data_ptr(), T, K, nb.q.data_ptr(), nb.a.data_ptr(), nb.c.data_ptr(), nb.zero,
+                N, bias, out.data_ptr(), threads,
+            )  # fmt: skip
+        elif self.quantized is not None:
             q, a, c = self.quantized
             self.lib.linear_q8_f32(
-                x.data_ptr(), T, self.in_features, q.data_ptr(), a.data_ptr(), c.data_ptr(),
-                self.out_features, bias, out.data_ptr(), threads,
+                x.data_ptr(), T, K, q.data_ptr(), a.data_ptr(), c.data_ptr(), N, bias,
+                out.data_ptr(), threads,
             )  # fmt: skip
         else:
             assert self.packed is not None
             self.lib.linear_f32(
-                x.data_ptr(), T, self.in_features, self.packed.data_ptr(), self.out_features,
-                bias, out.data_ptr(), threads,
-            )  # fmt: skip
+                x.data_ptr(), T, K, self.packed.data_ptr(), N, bias, out.data_ptr(), threads
+            )
         return out
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -141,6 +180,8 @@ class Linear:
         if self.weight is not None:
             return F.embedding(ids, self.weight)
         panel, col = ids // PANEL, ids % PANEL
+        if self.nibbles is not None:
+            return self.nibbles.rows(panel, col).dequantize()
         if self.quantized is not None:
             q, a, c = self.quantized
             return QuantizedMatrix(

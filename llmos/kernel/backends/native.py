@@ -70,26 +70,12 @@ def load() -> ctypes.CDLL | None:
             logger.warning("native kernels unavailable (%s); using the PyTorch paths", detail)
             return None
         i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+        # q, k_cache, v_cache, tables, max_blocks, row_seq, row_ctx, num_rows, max_ctx, H, Hkv,
+        # D, Dv, bs, scale, window, softcap, out, num_threads
         lib.paged_attention_f32.argtypes = [
-            ptr,
-            ptr,
-            ptr,
-            ptr,
-            i64,
-            ptr,
-            ptr,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            f32,
-            i64,
-            f32,
-            ptr,
+            *(ptr, ptr, ptr, ptr, i64, ptr, ptr),
+            *(i64, i64, i64, i64, i64, i64, i64),
+            *(f32, i64, f32, ptr, i64),
         ]
         lib.paged_attention_f32.restype = ctypes.c_int
         lib.linear_f32_available.argtypes = []
@@ -98,5 +84,7 @@ def load() -> ctypes.CDLL | None:
         lib.linear_f32.restype = None
         lib.linear_q8_f32.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, i64]
         lib.linear_q8_f32.restype = None
+        lib.linear_q4_f32.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ptr, i64]
+        lib.linear_q4_f32.restype = None
         _lib = lib
         return lib

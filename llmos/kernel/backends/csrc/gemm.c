@@ -165,9 +165,108 @@ static void few_rows_q(int64_t m0, int64_t m1, int64_t kc, const float *x, int64
     }
 }
 
+/* 4-bit panels (Q4_0/Q4_1 codes, about 0.6 bytes a weight): per panel and k, 32 bytes where
+ * byte i holds the code of column i (low nibble) and of column i + 32 (high nibble), stored as
+ * code + zero (zero = 8 for signed codes); a and c are float16 [K/32][64] (GGUF stores them so,
+ * and float16 -> float32 is exact). Expanded to the same float32 weights as the int8 form. */
+static inline __attribute__((always_inline)) void expand_nib_row(const uint8_t *restrict q,
+                                                                 const __m512i zero,
+                                                                 __m512i out[4]) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)q);
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(v, mask);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    out[0] = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo)), zero);
+    out[1] = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1)), zero);
+    out[2] = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi)), zero);
+    out[3] = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1)), zero);
+}
+
+static inline __m512 load_half16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+static void dequant_slice_nib(const uint8_t *q, const uint16_t *a, const uint16_t *c,
+                              int64_t zero, int64_t kc, float *restrict ws) {
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i z = _mm512_set1_epi32((int)zero);
+    for (int64_t g = 0; g < kc / QG; g++) {
+        __m512 ag[4], cg[4];
+        for (int j = 0; j < 4; j++) {
+            ag[j] = load_half16(a + g * NR + 16 * j);
+            cg[j] = load_half16(c + g * NR + 16 * j);
+        }
+        for (int64_t k = g * QG; k < (g + 1) * QG; k++) {
+            __m512i codes[4];
+            expand_nib_row(q + k * (NR / 2), z, codes);
+            for (int j = 0; j < 4; j++)
+                _mm512_storeu_ps(ws + k * NR + 16 * j,
+                                 _mm512_add_round_ps(
+                                     _mm512_mul_round_ps(ag[j], _mm512_cvtepi32_ps(codes[j]), rnd),
+                                     cg[j], rnd));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void micro_tile_nib(
+    const int mr, const int64_t kc, const float *restrict x, const int64_t ldx,
+    const uint8_t *restrict q, const uint16_t *restrict a, const uint16_t *restrict c,
+    const __m512i zero, float *restrict out, const int64_t ldo, const int is_first,
+    const float *restrict bias, const __mmask16 *masks) {
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512 acc[4][4];
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < 4; j++)
+            acc[r][j] = is_first ? _mm512_setzero_ps()
+                                 : _mm512_maskz_loadu_ps(masks[j], out + r * ldo + 16 * j);
+    for (int64_t g = 0; g < kc / QG; g++) {
+        __m512 ag[4], cg[4];
+        for (int j = 0; j < 4; j++) {
+            ag[j] = load_half16(a + g * NR + 16 * j);
+            cg[j] = load_half16(c + g * NR + 16 * j);
+        }
+        for (int64_t k = g * QG; k < (g + 1) * QG; k++) {
+            __m512i codes[4];
+            __m512 w[4];
+            expand_nib_row(q + k * (NR / 2), zero, codes);
+            for (int j = 0; j < 4; j++)
+                w[j] = _mm512_add_round_ps(
+                    _mm512_mul_round_ps(ag[j], _mm512_cvtepi32_ps(codes[j]), rnd), cg[j], rnd);
+            for (int r = 0; r < mr; r++) {
+                const __m512 xb = _mm512_set1_ps(x[r * ldx + k]);
+                for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(xb, w[j], acc[r][j]);
+            }
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(masks[j], bias + 16 * j) : _mm512_setzero_ps();
+        for (int r = 0; r < mr; r++) {
+            const __m512 v = bias ? _mm512_add_ps(acc[r][j], b) : acc[r][j];
+            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, masks[j], v);
+        }
+    }
+}
+
+static void few_rows_nib(int64_t m0, int64_t m1, int64_t kc, const float *x, int64_t K,
+                         int64_t k0, const uint8_t *q, const uint16_t *a, const uint16_t *c,
+                         const __m512i zero, float *out, int64_t ldo, int is_first,
+                         const float *bias, const __mmask16 *masks) {
+    const float *xs = x + m0 * K + k0;
+    float *o = out + m0 * ldo;
+    switch (m1 - m0) {
+    case 1: micro_tile_nib(1, kc, xs, K, q, a, c, zero, o, ldo, is_first, bias, masks); break;
+    case 2: micro_tile_nib(2, kc, xs, K, q, a, c, zero, o, ldo, is_first, bias, masks); break;
+    case 3: micro_tile_nib(3, kc, xs, K, q, a, c, zero, o, ldo, is_first, bias, masks); break;
+    default: micro_tile_nib(4, kc, xs, K, q, a, c, zero, o, ldo, is_first, bias, masks); break;
+    }
+}
+
+/* Waking a sleeping pool thread costs tens of microseconds on a busy or virtual machine (the
+ * pool waits passively, see llmos/__init__.py), as much as a 0.5M-MAC product takes alone. */
+#define MIN_PARALLEL_MACS (1 << 20)
 static int pick_threads(int64_t num_threads, int64_t num_tasks, int64_t M, int64_t K, int64_t N) {
-    /* tiny GEMMs are not worth waking a thread for */
-    return (num_threads > 1 && num_tasks > 1 && M * K * N > 65536) ? (int)num_threads : 1;
+    return (num_threads > 1 && num_tasks > 1 && M * K * N >= MIN_PARALLEL_MACS) ? (int)num_threads
+                                                                              : 1;
 }
 
 int linear_f32_available(void) { return 1; }
@@ -225,6 +324,39 @@ void linear_q8_f32(const float *x, int64_t M, int64_t K, const int8_t *qp, const
     }
 }
 
+/* The same product with 4-bit panels q [P][K][32 bytes], a/c float16 [P][K/32][64]. */
+void linear_q4_f32(const float *x, int64_t M, int64_t K, const uint8_t *qp, const uint16_t *ap,
+                   const uint16_t *cp, int64_t zero, int64_t N, const float *bias, float *out,
+                   int64_t num_threads) {
+    const int64_t num_chunks = (M + MC - 1) / MC;
+    const int64_t num_tasks = (N + NR - 1) / NR * num_chunks;
+    const int nt = pick_threads(num_threads, num_tasks, M, K, N);
+    const __m512i z = _mm512_set1_epi32((int)zero);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t t = 0; t < num_tasks; t++) {
+        float ws[KC * NR] __attribute__((aligned(64)));
+        const int64_t p = t / num_chunks, m0 = t % num_chunks * MC;
+        const int64_t m1 = m0 + MC < M ? m0 + MC : M;
+        __mmask16 masks[4];
+        column_masks(N - p * NR < NR ? N - p * NR : NR, masks);
+        const uint8_t *q = qp + p * K * (NR / 2);
+        const uint16_t *a = ap + p * (K / QG) * NR, *c = cp + p * (K / QG) * NR;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            const float *b = k0 + kc == K && bias ? bias + p * NR : NULL;
+            const uint8_t *qs = q + k0 * (NR / 2);
+            const uint16_t *as = a + (k0 / QG) * NR, *cs = c + (k0 / QG) * NR;
+            if (m1 - m0 <= 4) {
+                few_rows_nib(m0, m1, kc, x, K, k0, qs, as, cs, z, out + p * NR, N, k0 == 0, b,
+                             masks);
+            } else {
+                dequant_slice_nib(qs, as, cs, zero, kc, ws);
+                tile_rows(m0, m1, kc, x, K, k0, ws, out + p * NR, N, k0 == 0, b, masks);
+            }
+        }
+    }
+}
+
 #else /* no AVX-512: the caller uses PyTorch's GEMM with row padding instead */
 
 int linear_f32_available(void) { return 0; }
@@ -239,6 +371,13 @@ void linear_q8_f32(const float *x, int64_t M, int64_t K, const int8_t *qp, const
                    int64_t num_threads) {
     (void)x, (void)M, (void)K, (void)qp, (void)ap, (void)cp, (void)N, (void)bias, (void)out;
     (void)num_threads;
+}
+
+void linear_q4_f32(const float *x, int64_t M, int64_t K, const uint8_t *qp, const uint16_t *ap,
+                   const uint16_t *cp, int64_t zero, int64_t N, const float *bias, float *out,
+                   int64_t num_threads) {
+    (void)x, (void)M, (void)K, (void)qp, (void)ap, (void)cp, (void)zero, (void)N, (void)bias;
+    (void)out, (void)num_threads;
 }
 
 #endif
