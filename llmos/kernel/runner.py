@@ -1,8 +1,9 @@
 """The model runner: a scheduler Batch -> flat tensors -> one forward pass -> logits.
 
-Batch invariance: fp32 GEMMs take other code paths for some small row counts (on this CPU 1-3,
-5-7 and 9-11 rows give other bits than 4, 8, 12 and >= 13 rows). At start the runner measures,
-on the model's own weight shapes, which row counts agree with the large-batch path and pads
+Batch invariance: the native GEMM (backends/linear.py) gives a row the same bits whatever the
+batch. Without it (no AVX-512, no C compiler, another device) PyTorch's fp32 GEMMs take other
+code paths for some small row counts, so at start the runner measures, on the model's own
+weight shapes, which row counts agree with the large-batch path and pads
 every GEMM input up to the next such count (pad rows write their K/V into the trash block and
 are dropped). With attention computed per query (backends/cpu.py) a process's logits are then
 bit-identical whoever shares its tick. See docs/design/kernel.md.
@@ -38,24 +39,25 @@ def calibrate_row_padding(weights: list[torch.Tensor], max_rows: int = CALIBRATE
     return _calibrated[key]
 
 
+REFERENCE_ROWS = 64  # the "large batch" whose row bits small batches are padded to reproduce
+
+
 def _calibrate(weights: list[torch.Tensor], max_rows: int) -> list[int]:
+    """Searches every count up to REFERENCE_ROWS: on some shapes no count below 17 agrees."""
     g = torch.Generator().manual_seed(0)
-    is_safe = [True] * (max_rows + 2)
+    is_safe = [True] * (REFERENCE_ROWS + 1)
     is_safe[0] = False
     with torch.inference_mode():
         for w in weights:
-            x = torch.randn(64, w.shape[1], generator=g, dtype=w.dtype).to(w.device)
+            x = torch.randn(REFERENCE_ROWS, w.shape[1], generator=g, dtype=w.dtype).to(w.device)
             ref = F.linear(x, w)
-            for n in range(1, max_rows + 1):
+            for n in range(1, REFERENCE_ROWS):
                 if is_safe[n] and not torch.equal(F.linear(x[:n], w), ref[:n]):
                     is_safe[n] = False
-    pad_to = []
-    for n in range(max_rows + 1):
-        m = max(n, 1)
-        while not is_safe[m]:
-            m += 1
-        pad_to.append(m)
-    return pad_to
+    return [
+        next(m for m in range(max(n, 1), REFERENCE_ROWS + 1) if is_safe[m])
+        for n in range(max_rows + 1)
+    ]
 
 
 class ModelRunner:

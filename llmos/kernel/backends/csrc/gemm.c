@@ -275,12 +275,12 @@ int linear_f32_available(void) { return 1; }
  * out [M, N] (rows contiguous). num_threads <= 1 runs on the calling thread. */
 void linear_f32(const float *x, int64_t M, int64_t K, const float *wp, int64_t N,
                 const float *bias, float *out, int64_t num_threads) {
-    const int64_t num_chunks = (M + MC - 1) / MC;
-    const int64_t num_tasks = (N + NR - 1) / NR * num_chunks;
+    const int64_t num_chunks = (M + MC - 1) / MC, num_panels = (N + NR - 1) / NR;
+    const int64_t num_tasks = num_panels * num_chunks;
     const int nt = pick_threads(num_threads, num_tasks, M, K, N);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t t = 0; t < num_tasks; t++) {
-        const int64_t p = t / num_chunks, m0 = t % num_chunks * MC;
+        const int64_t p = t % num_panels, m0 = t / num_panels * MC;
         const int64_t m1 = m0 + MC < M ? m0 + MC : M;
         __mmask16 masks[4];
         column_masks(N - p * NR < NR ? N - p * NR : NR, masks);
@@ -297,13 +297,13 @@ void linear_f32(const float *x, int64_t M, int64_t K, const float *wp, int64_t N
 void linear_q8_f32(const float *x, int64_t M, int64_t K, const int8_t *qp, const float *ap,
                    const float *cp, int64_t N, const float *bias, float *out,
                    int64_t num_threads) {
-    const int64_t num_chunks = (M + MC - 1) / MC;
-    const int64_t num_tasks = (N + NR - 1) / NR * num_chunks;
+    const int64_t num_chunks = (M + MC - 1) / MC, num_panels = (N + NR - 1) / NR;
+    const int64_t num_tasks = num_panels * num_chunks;
     const int nt = pick_threads(num_threads, num_tasks, M, K, N);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t t = 0; t < num_tasks; t++) {
         float ws[KC * NR] __attribute__((aligned(64)));
-        const int64_t p = t / num_chunks, m0 = t % num_chunks * MC;
+        const int64_t p = t % num_panels, m0 = t / num_panels * MC;
         const int64_t m1 = m0 + MC < M ? m0 + MC : M;
         __mmask16 masks[4];
         column_masks(N - p * NR < NR ? N - p * NR : NR, masks);
@@ -328,14 +328,14 @@ void linear_q8_f32(const float *x, int64_t M, int64_t K, const int8_t *qp, const
 void linear_q4_f32(const float *x, int64_t M, int64_t K, const uint8_t *qp, const uint16_t *ap,
                    const uint16_t *cp, int64_t zero, int64_t N, const float *bias, float *out,
                    int64_t num_threads) {
-    const int64_t num_chunks = (M + MC - 1) / MC;
-    const int64_t num_tasks = (N + NR - 1) / NR * num_chunks;
+    const int64_t num_chunks = (M + MC - 1) / MC, num_panels = (N + NR - 1) / NR;
+    const int64_t num_tasks = num_panels * num_chunks;
     const int nt = pick_threads(num_threads, num_tasks, M, K, N);
     const __m512i z = _mm512_set1_epi32((int)zero);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t t = 0; t < num_tasks; t++) {
         float ws[KC * NR] __attribute__((aligned(64)));
-        const int64_t p = t / num_chunks, m0 = t % num_chunks * MC;
+        const int64_t p = t % num_panels, m0 = t / num_panels * MC;
         const int64_t m1 = m0 + MC < M ? m0 + MC : M;
         __mmask16 masks[4];
         column_masks(N - p * NR < NR ? N - p * NR : NR, masks);
