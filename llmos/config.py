@@ -41,8 +41,9 @@ class KernelConfig(BaseModel):
     device: str = Field("cpu", description="Torch device for models and the KV pool (cpu, cuda).")
     batch_invariant: bool = Field(
         True,
-        description="Pad small batches so a process's output never depends on its batch "
-        "neighbours (costs up to 3x at batch 1 on CPU; see docs/design/kernel.md).",
+        description="Where the native GEMM cannot run (no AVX-512 or C compiler, non-CPU "
+        "device), pad small batches so a process's output never depends on its batch "
+        "neighbours (the native GEMM is invariant at no cost; see docs/design/kernel.md).",
     )
     max_resident_models: int = Field(
         2,
