@@ -447,32 +447,47 @@ def unpermute_rotary(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     )
 
 
-# Types whose dequantization is (d * q) + m per 32-element block, d and m (or 0) stored first as
-# float16: their weights can stay compressed in memory (llmos.kernel.backends.linear).
+# Types whose dequantization is (d * q) + m per 32-element block (d, m float16, m = 0 for the
+# _0 types). They are decoded here, in torch, into a QuantizedMatrix whose `dequantize()` is the
+# float32 tensor gguf's own codec computes (tests/models/test_gguf.py checks the bits), and can
+# stay compressed in memory (llmos.kernel.backends.linear). Value: (has m, has 5th bits, zero).
 _GROUP_TYPES = {
-    GGMLQuantizationType.Q4_0: False,
-    GGMLQuantizationType.Q5_0: False,
-    GGMLQuantizationType.Q8_0: False,
-    GGMLQuantizationType.Q4_1: True,
-    GGMLQuantizationType.Q5_1: True,
+    GGMLQuantizationType.Q4_0: (False, False, 8),
+    GGMLQuantizationType.Q4_1: (True, False, 0),
+    GGMLQuantizationType.Q5_0: (False, True, 16),
+    GGMLQuantizationType.Q5_1: (True, True, 0),
 }
 
 
-def _quantized(gf: GGUFFile, info: GGUFTensorInfo, dense: torch.Tensor) -> QuantizedMatrix | None:
-    """The tensor in its stored integer form, if it reproduces `dense` exactly."""
-    has_min = _GROUP_TYPES.get(info.ggml_type)
-    if has_min is None or dense.dim() != 2:
+_DECODED_TYPES = frozenset({*_GROUP_TYPES, GGMLQuantizationType.Q8_0})
+
+
+def _decode_group(gf: GGUFFile, info: GGUFTensorInfo) -> QuantizedMatrix | None:
+    """A 2-D Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor as integer codes and float32 group scales."""
+    if info.ggml_type not in _DECODED_TYPES or len(info.shape) != 2 or info.shape[1] % 32:
         return None
-    blocks = torch.from_numpy(gf.raw(info).copy()).view(
-        dense.shape[0], -1, GGML_QUANT_SIZES[info.ggml_type][1]
-    )
+    n = info.shape[0]
+    blocks = torch.from_numpy(gf.raw(info).copy()).view(n, info.shape[1] // 32, -1)
     d = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
-    m = (
-        blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
-        if has_min
-        else torch.zeros_like(d)
-    )
-    return QuantizedMatrix.fit(dense, d, m)
+    if info.ggml_type == GGMLQuantizationType.Q8_0:
+        codes = blocks[..., 2:].contiguous().view(torch.int8)
+        return QuantizedMatrix(codes.reshape(n, -1), d, torch.zeros_like(d))
+    layout = _GROUP_TYPES.get(info.ggml_type)
+    if layout is None:
+        return None
+    has_min, has_high, zero = layout
+    at = 4 if has_min else 2
+    m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float() if has_min else None
+    if has_high:
+        high = blocks[..., at : at + 4].contiguous().view(torch.int32)  # bit i -> element i
+        at += 4
+    qs = blocks[..., at:].to(torch.int16)  # element j: low nibble, element j + 16: high nibble
+    codes = torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+    if has_high:
+        bits = (high >> torch.arange(32, dtype=torch.int32)) & 1
+        codes = codes | (bits.to(torch.int16) << 4)
+    codes = (codes - zero).to(torch.int8).reshape(n, -1)
+    return QuantizedMatrix(codes, d, torch.zeros_like(d) if m is None else m)
 
 
 def iter_hf_weights(
@@ -493,8 +508,10 @@ def iter_hf_weights(
                 f"{gf.path.name}: unexpected tensor {info.name!r} for architecture {arch!r}",
                 hint="this GGUF variant is not supported by llmos",
             )
-        w = torch.from_numpy(gf.dequantize(info))
-        qm = _quantized(gf, info, w) if quantized is not None and dtype == torch.float32 else None
+        qm = _decode_group(gf, info)
+        w = qm.dequantize() if qm is not None else torch.from_numpy(gf.dequantize(info))
+        if quantized is None or dtype != torch.float32:
+            qm = None
         heads = None
         if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
             heads = cfg.num_heads

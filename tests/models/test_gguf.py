@@ -16,6 +16,7 @@ from gguf.quants import quantize as gguf_quantize
 
 from llmos.errors import ModelLoadError
 from llmos.models.gguf import (
+    _decode_group,
     config_from_gguf,
     hf_name,
     iter_hf_weights,
@@ -273,6 +274,19 @@ def _transformers_reference(path: Path, cfg_kwargs: dict) -> dict:
     return load_gguf_checkpoint(
         str(path), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
     )
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
+def test_group_types_decode_to_gguf_quants_bits(synthetic: tuple[Path, dict], qtype: T) -> None:
+    """The stored form the engine keeps in memory dequantizes to exactly gguf's float32."""
+    path, raw = synthetic
+    gf = read_gguf(path)
+    name = f"t.{qtype.name.lower()}"
+    qm = _decode_group(gf, gf.tensors[name])
+    assert qm is not None and qm.q.dtype == torch.int8 and qm.shape == (ROWS, COLS)
+    expected = gguf_dequantize(raw[name][1], qtype).reshape(ROWS, COLS)
+    np.testing.assert_array_equal(qm.dequantize().numpy(), expected)
+    assert _decode_group(gf, gf.tensors["t.q4_k"]) is None  # K-quants stay float32
 
 
 def _assert_weights_equal(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:

@@ -2,7 +2,7 @@
 
 Invariants: a row's output does not depend on how many rows share the call (every output is one
 float32 multiply-add chain over k in index order); a `QuantizedMatrix` reproduces the float32
-weights of its GGUF tensor bit for bit (checked when it is built), so quantized storage changes
+weights of its GGUF tensor bit for bit (tests/models/test_gguf.py), so quantized storage changes
 how many bytes are streamed per token, never the arithmetic. Without AVX-512 or on another
 device a `Linear` runs `F.linear` on dense weights, and the runner pads small batches instead
 (see runner.py). See docs/design/kernel.md ("Linear layers").
@@ -27,7 +27,8 @@ class QuantizedMatrix:
     """A [N, K] weight as w = (a * q) + c in float32, per row and group of 32 along k.
 
     q: [N, K] int8, a and c: [N, K / 32] float32. GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors are
-    exactly this (their dequantizer rounds the product, then the sum), in 1.25 bytes a weight.
+    exactly this (their dequantizer rounds the product, then the sum); models/gguf.py decodes
+    them.
     """
 
     q: torch.Tensor
@@ -52,23 +53,6 @@ class QuantizedMatrix:
             torch.cat([p.a for p in parts]),
             torch.cat([p.c for p in parts]),
         )
-
-    @staticmethod
-    def fit(dense: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> QuantizedMatrix | None:
-        """The integer codes of `dense` given its group scales `a` and offsets `c` [N, K/32];
-        None unless they reproduce every bit of `dense` (then the tensor stays float32)."""
-        N, K = dense.shape
-        if K % GROUP or a.shape != (N, K // GROUP) or c.shape != a.shape:
-            return None
-        a, c = a.float().contiguous(), c.float().contiguous()
-        grouped = dense.view(N, K // GROUP, GROUP)
-        # float32 is enough to find the nearest integer; the exact check below decides
-        scale = torch.where(a != 0, 1.0 / a, torch.zeros_like(a)).unsqueeze(-1)
-        codes = torch.round((grouped - c.unsqueeze(-1)) * scale)
-        if codes.min() < -128 or codes.max() > 127:
-            return None
-        qm = QuantizedMatrix(codes.to(torch.int8).view(N, K), a, c)
-        return qm if torch.equal(qm.dequantize(), dense) else None
 
 
 def _lib() -> ctypes.CDLL | None:
