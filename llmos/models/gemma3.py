@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from llmos.kernel.backends.cpu import AttentionMetadata, KVCache, paged_attention
 from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
-from llmos.models.layers import RotaryTable, fused_linear, gated_mlp, rms_norm, take
+from llmos.models.layers import RotaryTable, TokenIO, fused_linear, gated_mlp, rms_norm, take
 
 
 @dataclass(slots=True)
@@ -43,15 +42,7 @@ class Gemma3ForCausalLM:
     ) -> None:
         self.config = c = config
         quantized = quantized or {}
-        head = "lm_head.weight"
-        if head not in weights or c.tie_word_embeddings:
-            head = "model.embed_tokens.weight"
-        self.lm_head = fused_linear(weights, quantized, [head], device)
-        self.embed = (
-            None
-            if head != "lm_head.weight"
-            else take(weights, "model.embed_tokens.weight").to(device)
-        )
+        self.tokens = TokenIO(weights, quantized, c.tie_word_embeddings, device)
         self.embed_scale = torch.tensor(c.hidden_size**0.5, dtype=torch.float32)
         self.norm = take(weights, "model.norm.weight").to(device)
         self.layers: list[_Layer] = []
@@ -95,10 +86,7 @@ class Gemma3ForCausalLM:
         """input_ids, positions: [T] -> hidden states [T, hidden] (final norm applied)."""
         c = self.config
         eps = c.rms_norm_eps
-        if self.embed is None:
-            h = self.lm_head.rows(input_ids) * self.embed_scale
-        else:
-            h = F.embedding(input_ids, self.embed) * self.embed_scale
+        h = self.tokens.embed(input_ids) * self.embed_scale
         T = h.shape[0]
         for i, layer in enumerate(self.layers):
             x = rms_norm(h, layer.input_norm, eps, offset=1.0)
@@ -129,11 +117,11 @@ class Gemma3ForCausalLM:
     def gemm_weights(self) -> list[Linear]:
         """One layer of each GEMM shape the forward pass runs (for row-padding calibration)."""
         layer = self.layers[0]
-        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.lm_head]
+        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.tokens.lm_head]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] (float32), soft-capped when configured."""
-        logits = self.lm_head(hidden).float()
+        logits = self.tokens.lm_head(hidden).float()
         cap = self.config.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -108,6 +108,29 @@ def fused_linear(
     return Linear(weight, bias, device)
 
 
+class TokenIO:
+    """The LM head and the embedding table. A tied head doubles as the table, so the largest
+    matrix is held once (in its quantized form when it has one)."""
+
+    def __init__(
+        self,
+        weights: dict[str, torch.Tensor],
+        quantized: dict[str, QuantizedMatrix],
+        is_tied: bool,
+        device: torch.device | str,
+    ) -> None:
+        embed = "model.embed_tokens.weight"
+        head = embed if is_tied or "lm_head.weight" not in weights else "lm_head.weight"
+        self.lm_head = fused_linear(weights, quantized, [head], device)
+        self.table = None if head == embed else take(weights, embed).to(device)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids: [T] -> [T, hidden] float32."""
+        if self.table is None:
+            return self.lm_head.rows(input_ids)
+        return F.embedding(input_ids, self.table)
+
+
 def gated_mlp(x: torch.Tensor, gate_up: Linear, down: Linear, act: str) -> torch.Tensor:
     """x: [T, D]; gate_up: D -> 2I (gate rows then up rows); down: I -> D; -> [T, D]."""
     gu = gate_up(x)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from llmos.kernel.backends.cpu import AttentionMetadata, KVCache, paged_attention
 from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
-from llmos.models.layers import RotaryTable, fused_linear, gated_mlp, rms_norm, take
+from llmos.models.layers import RotaryTable, TokenIO, fused_linear, gated_mlp, rms_norm, take
 
 
 @dataclass(slots=True)
@@ -37,16 +36,7 @@ class LlamaForCausalLM:
     ) -> None:
         self.config = c = config
         quantized = quantized or {}
-        head = "lm_head.weight"
-        if head not in weights or c.tie_word_embeddings:
-            head = "model.embed_tokens.weight"
-        self.lm_head = fused_linear(weights, quantized, [head], device)
-        # a tied head doubles as the embedding table (no second copy of the largest matrix)
-        self.embed = (
-            None
-            if head != "lm_head.weight"
-            else take(weights, "model.embed_tokens.weight").to(device)
-        )
+        self.tokens = TokenIO(weights, quantized, c.tie_word_embeddings, device)
         self.norm = take(weights, "model.norm.weight").to(device)
         self.layers: list[_Layer] = []
         for i in range(c.num_layers):
@@ -75,18 +65,12 @@ class LlamaForCausalLM:
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids: [T] -> [T, hidden]."""
-        if self.embed is None:
-            return self.lm_head.rows(input_ids)
-        return F.embedding(input_ids, self.embed)
-
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
         """input_ids, positions: [T] -> hidden states [T, hidden] (final norm applied)."""
         c = self.config
-        h = self.embed_tokens(input_ids)
+        h = self.tokens.embed(input_ids)
         T = h.shape[0]
         for i, layer in enumerate(self.layers):
             x = rms_norm(h, layer.input_norm, c.rms_norm_eps)
@@ -104,8 +88,8 @@ class LlamaForCausalLM:
     def gemm_weights(self) -> list[Linear]:
         """One layer of each GEMM shape the forward pass runs (for row-padding calibration)."""
         layer = self.layers[0]
-        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.lm_head]
+        return [layer.qkv, layer.o, layer.gate_up, layer.down, self.tokens.lm_head]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] (float32)."""
-        return self.lm_head(hidden).float()
+        return self.tokens.lm_head(hidden).float()
