@@ -28,16 +28,38 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+/* A micro-tile's accumulators: zero for the first k block, else the partial sums in out. */
+static inline __attribute__((always_inline)) void tile_begin(const int mr, __m512 acc[][4],
+                                                             const float *out, const int64_t ldo,
+                                                             const int is_first,
+                                                             const __mmask16 *masks) {
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < 4; j++)
+            acc[r][j] = is_first ? _mm512_setzero_ps()
+                                 : _mm512_maskz_loadu_ps(masks[j], out + r * ldo + 16 * j);
+}
+
+/* Store a micro-tile's sums, adding the bias after the last k block. */
+static inline __attribute__((always_inline)) void tile_end(const int mr, __m512 acc[][4],
+                                                           float *out, const int64_t ldo,
+                                                           const float *bias,
+                                                           const __mmask16 *masks) {
+    for (int j = 0; j < 4; j++) {
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(masks[j], bias + 16 * j) : _mm512_setzero_ps();
+        for (int r = 0; r < mr; r++) {
+            const __m512 v = bias ? _mm512_add_ps(acc[r][j], b) : acc[r][j];
+            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, masks[j], v);
+        }
+    }
+}
+
 /* acc[r][j] (+)= sum over k < kc of x[r][k] * wp[k][16j..16j+15], for mr rows. */
 static inline __attribute__((always_inline)) void micro_tile(
     const int mr, const int64_t kc, const float *restrict x, const int64_t ldx,
     const float *restrict wp, float *restrict out, const int64_t ldo, const int is_first,
     const float *restrict bias, const __mmask16 *masks) {
     __m512 acc[MR][4];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < 4; j++)
-            acc[r][j] = is_first ? _mm512_setzero_ps()
-                                 : _mm512_maskz_loadu_ps(masks[j], out + r * ldo + 16 * j);
+    tile_begin(mr, acc, out, ldo, is_first, masks);
     for (int64_t k = 0; k < kc; k++) {
         const float *restrict wk = wp + k * NR;
         const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
@@ -50,13 +72,7 @@ static inline __attribute__((always_inline)) void micro_tile(
             acc[r][3] = _mm512_fmadd_ps(xb, w3, acc[r][3]);
         }
     }
-    for (int j = 0; j < 4; j++) {
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(masks[j], bias + 16 * j) : _mm512_setzero_ps();
-        for (int r = 0; r < mr; r++) {
-            const __m512 v = bias ? _mm512_add_ps(acc[r][j], b) : acc[r][j];
-            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, masks[j], v);
-        }
-    }
+    tile_end(mr, acc, out, ldo, bias, masks);
 }
 
 /* rows [m0, m1) of out (+)= x[:, k0:k0+kc] times one panel slice ws [kc][64] */
@@ -118,10 +134,7 @@ static inline __attribute__((always_inline)) void micro_tile_q(
     const __mmask16 *masks) {
     const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512 acc[4][4];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < 4; j++)
-            acc[r][j] = is_first ? _mm512_setzero_ps()
-                                 : _mm512_maskz_loadu_ps(masks[j], out + r * ldo + 16 * j);
+    tile_begin(mr, acc, out, ldo, is_first, masks);
     for (int64_t g = 0; g < kc / QG; g++) {
         __m512 ag[4], cg[4];
         for (int j = 0; j < 4; j++) {
@@ -143,13 +156,7 @@ static inline __attribute__((always_inline)) void micro_tile_q(
             }
         }
     }
-    for (int j = 0; j < 4; j++) {
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(masks[j], bias + 16 * j) : _mm512_setzero_ps();
-        for (int r = 0; r < mr; r++) {
-            const __m512 v = bias ? _mm512_add_ps(acc[r][j], b) : acc[r][j];
-            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, masks[j], v);
-        }
-    }
+    tile_end(mr, acc, out, ldo, bias, masks);
 }
 
 static void few_rows_q(int64_t m0, int64_t m1, int64_t kc, const float *x, int64_t K, int64_t k0,
@@ -215,10 +222,7 @@ static inline __attribute__((always_inline)) void micro_tile_nib(
     const float *restrict bias, const __mmask16 *masks) {
     const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512 acc[4][4];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < 4; j++)
-            acc[r][j] = is_first ? _mm512_setzero_ps()
-                                 : _mm512_maskz_loadu_ps(masks[j], out + r * ldo + 16 * j);
+    tile_begin(mr, acc, out, ldo, is_first, masks);
     for (int64_t g = 0; g < kc / QG; g++) {
         __m512 ag[4], cg[4];
         for (int j = 0; j < 4; j++) {
@@ -238,13 +242,7 @@ static inline __attribute__((always_inline)) void micro_tile_nib(
             }
         }
     }
-    for (int j = 0; j < 4; j++) {
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(masks[j], bias + 16 * j) : _mm512_setzero_ps();
-        for (int r = 0; r < mr; r++) {
-            const __m512 v = bias ? _mm512_add_ps(acc[r][j], b) : acc[r][j];
-            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, masks[j], v);
-        }
-    }
+    tile_end(mr, acc, out, ldo, bias, masks);
 }
 
 static void few_rows_nib(int64_t m0, int64_t m1, int64_t kc, const float *x, int64_t K,
