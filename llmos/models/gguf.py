@@ -472,10 +472,7 @@ def _decode_group(gf: GGUFFile, info: GGUFTensorInfo) -> QuantizedMatrix | None:
     if info.ggml_type == GGMLQuantizationType.Q8_0:
         codes = blocks[..., 2:].contiguous().view(torch.int8)
         return QuantizedMatrix(codes.reshape(n, -1), d, torch.zeros_like(d))
-    layout = _GROUP_TYPES.get(info.ggml_type)
-    if layout is None:
-        return None
-    has_min, has_high, zero = layout
+    has_min, has_high, zero = _GROUP_TYPES[info.ggml_type]
     at = 4 if has_min else 2
     m = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float() if has_min else None
     if has_high:

@@ -7,7 +7,6 @@ strings run exactly as in production.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
@@ -15,37 +14,12 @@ from llmos.kernel.engine import Engine
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
 from llmos.llm import LLM
-from llmos.models.config import ModelConfig
-from llmos.models.registry import build_model
+from tests.kernel.tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_model(smollm2_files):
-    torch.manual_seed(0)
-    V, D, F, L = smollm2_files.config.vocab_size, 64, 128, 2
-    w = {"model.embed_tokens.weight": torch.randn(V, D) * 0.05, "model.norm.weight": torch.ones(D)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = torch.ones(D)
-        w[p + "post_attention_layernorm.weight"] = torch.ones(D)
-        for name, shape in [("q", (64, D)), ("k", (32, D)), ("v", (32, D)), ("o", (D, 64))]:
-            w[p + f"self_attn.{name}_proj.weight"] = torch.randn(shape) * 0.1
-        w[p + "mlp.gate_proj.weight"] = torch.randn(F, D) * 0.1
-        w[p + "mlp.up_proj.weight"] = torch.randn(F, D) * 0.1
-        w[p + "mlp.down_proj.weight"] = torch.randn(D, F) * 0.1
-    cfg = ModelConfig(
-        architecture="llama",
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=F,
-        num_layers=L,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        eos_token_ids=[2],
-    )
-    return build_model(cfg, w)
+    return tiny_llama(smollm2_files.config.vocab_size)
 
 
 @pytest.fixture

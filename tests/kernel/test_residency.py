@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import Conflict, ModelCorrupted, ModelNotResident, NotFound, Overloaded
@@ -22,37 +21,9 @@ from llmos.kernel.loop import EngineLoop
 from llmos.kernel.outputs import ProcessOutput
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.residency import Residency
-from llmos.models.config import ModelConfig
-from llmos.models.registry import build_model
+from tests.kernel.tiny import tiny_llama
 
 PROMPT = list(range(1000, 1016))
-
-
-def tiny_llama(vocab_size: int, seed: int):  # type: ignore[no-untyped-def]
-    torch.manual_seed(seed)
-    V, D, F = vocab_size, 32, 64
-    w = {"model.embed_tokens.weight": torch.randn(V, D) * 0.05, "model.norm.weight": torch.ones(D)}
-    p = "model.layers.0."
-    w[p + "input_layernorm.weight"] = torch.ones(D)
-    w[p + "post_attention_layernorm.weight"] = torch.ones(D)
-    for name, shape in [("q", (32, D)), ("k", (16, D)), ("v", (16, D)), ("o", (D, 32))]:
-        w[p + f"self_attn.{name}_proj.weight"] = torch.randn(shape) * 0.1
-    w[p + "mlp.gate_proj.weight"] = torch.randn(F, D) * 0.1
-    w[p + "mlp.up_proj.weight"] = torch.randn(F, D) * 0.1
-    w[p + "mlp.down_proj.weight"] = torch.randn(D, F) * 0.1
-    cfg = ModelConfig(
-        architecture="llama",
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=F,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-        max_position_embeddings=4096,
-        eos_token_ids=[2],
-    )
-    return build_model(cfg, w)
 
 
 class TinySource:
@@ -87,7 +58,16 @@ class TinySource:
 
 def make_engine(tokenizer, name: str, pids: Iterator[int] | None = None) -> Engine:  # type: ignore[no-untyped-def]
     return Engine(
-        tiny_llama(tokenizer.vocab_size, seed=len(name)),
+        tiny_llama(
+            tokenizer.vocab_size,
+            seed=len(name),
+            hidden=32,
+            intermediate=64,
+            layers=1,
+            heads=2,
+            kv_heads=1,
+            max_positions=4096,
+        ),
         tokenizer,
         model_name=name,
         kernel=KernelConfig(max_model_len=4096),
