@@ -52,10 +52,13 @@ def test_wrong_master_key_is_a_clear_error(cipher: EnvelopeCipher, db: Database)
     assert Keyring(KEY_A).current_id in e.value.message and "LLMOS_MASTER_KEY" in str(e.value)
 
 
+SEALED_CHUNK = 12 + 64 + 16  # nonce + 64-byte chunk + tag
+
+
 @pytest.mark.parametrize("where", ["header", "nonce", "body", "tag", "truncate", "drop-chunk"])
 def test_tampered_ciphertext_is_a_clear_error(cipher: EnvelopeCipher, where: str) -> None:
     sealed = bytearray(cipher.seal_bytes(b"x" * 200))  # 4 chunks of 64 bytes
-    chunk = 12 + 64 + 16
+    assert len(sealed) == HEADER_BYTES + 3 * SEALED_CHUNK + 12 + 8 + 16
     if where == "header":
         sealed[10] ^= 1  # inside the object id
     elif where == "nonce":
@@ -67,15 +70,30 @@ def test_tampered_ciphertext_is_a_clear_error(cipher: EnvelopeCipher, where: str
     elif where == "truncate":
         del sealed[-5:]
     else:
-        del sealed[-(len(sealed) - HEADER_BYTES) % chunk or -chunk :]
+        del sealed[HEADER_BYTES + 3 * SEALED_CHUNK :]  # the whole final chunk, nothing else
     with pytest.raises(DecryptionFailed) as e:
         cipher.open_bytes(bytes(sealed))
     assert isinstance(e.value, StorageCorrupted)
 
 
+@pytest.mark.parametrize("size", [1, 64, 65, 128, 200, 256])
+def test_truncation_at_every_chunk_boundary_fails(cipher: EnvelopeCipher, size: int) -> None:
+    """Dropping whole trailing chunks leaves every remaining chunk intact and authentic on its
+    own; only the last-chunk flag in the AAD can tell the object was cut short."""
+    sealed = cipher.seal_bytes(os.urandom(size))
+    num_chunks = max(1, -(-size // 64))
+    assert (len(sealed) - HEADER_BYTES) > (num_chunks - 1) * SEALED_CHUNK
+    for kept in range(num_chunks):
+        cut = sealed[: HEADER_BYTES + kept * SEALED_CHUNK]
+        with pytest.raises(DecryptionFailed, match=f"chunk {max(kept - 1, 0)}"):
+            cipher.open_bytes(cut)
+        with pytest.raises(DecryptionFailed):
+            b"".join(cipher.opening(io.BytesIO(cut)))
+
+
 def test_reordered_chunks_fail(cipher: EnvelopeCipher) -> None:
     sealed = cipher.seal_bytes(b"a" * 64 + b"b" * 64 + b"c")
-    chunk = 12 + 64 + 16
+    chunk = SEALED_CHUNK
     body = sealed[HEADER_BYTES:]
     swapped = sealed[:HEADER_BYTES] + body[chunk : 2 * chunk] + body[:chunk] + body[2 * chunk :]
     with pytest.raises(DecryptionFailed, match="chunk 0"):
