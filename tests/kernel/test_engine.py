@@ -160,22 +160,21 @@ def test_logit_bias_and_top_k_one(engine):
     assert top1.token_ids == greedy.token_ids
 
 
-def test_repetition_penalty_reduces_repeats(engine):
+@pytest.mark.parametrize(
+    "penalty",
+    [{"frequency_penalty": 2.0, "presence_penalty": 2.0}, {"repetition_penalty": 3.0}],
+    ids=["frequency+presence", "repetition"],
+)
+def test_penalties_reduce_repeats(engine, penalty):
     llm = LLM(engine=engine)
     plain = llm.generate([PROMPT], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[
         0
     ].token_ids
     penalised = llm.generate(
-        [PROMPT],
-        SamplingParams(
-            max_tokens=40,
-            temperature=0,
-            ignore_eos=True,
-            frequency_penalty=2.0,
-            presence_penalty=2.0,
-        ),
+        [PROMPT], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, **penalty)
     )[0].token_ids
-    assert len(set(penalised)) >= len(set(plain))
+    assert len(set(plain)) < 40  # the unpenalised greedy continuation repeats itself
+    assert len(set(penalised)) > len(set(plain))
     assert penalised != plain
 
 
