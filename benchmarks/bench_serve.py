@@ -333,15 +333,15 @@ def run_once(
 def offline_worker(args: argparse.Namespace) -> None:
     from llmos.api.prompts import encode_chat
     from llmos.config import Settings
-    from llmos.kernel.engine import Engine
     from llmos.kernel.params import SamplingParams
+    from llmos.system import load_engine
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = Settings(
         memory={"kv_cache_bytes": args.llmos_kv_bytes},
         kernel={"max_model_len": 1024, "max_num_seqs": args.offline_concurrency},
     )
-    engine = Engine.from_model(MODEL_ALIAS, settings)
+    engine = load_engine(MODEL_ALIAS, settings)
     prompts = json.loads(Path(args.offline_worker).read_text())
     ids = [encode_chat(engine, [{"role": "user", "content": p}]) for p in prompts]
     engine.submit(ids[0][:8], SamplingParams(max_tokens=4, temperature=0))  # warm-up

@@ -21,9 +21,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see llmos/__init__.py)
 
-from llmos.kernel.engine import Engine  # noqa: E402
 from llmos.kernel.params import SamplingParams  # noqa: E402
 from llmos.llm import LLM  # noqa: E402
+from llmos.system import load_engine  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--out", type=int, default=64)
     args = ap.parse_args()
 
-    engine = Engine.from_model(args.model)
+    engine = load_engine(args.model)
     llm = LLM(engine=engine)
     rng = random.Random(0)
     vocab = engine.model.config.vocab_size

@@ -13,6 +13,7 @@ from llmos.config import Settings
 from llmos.kernel.engine import Engine
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
+from llmos.system import load_engine
 
 
 @dataclass(slots=True)
@@ -38,7 +39,7 @@ class LLM:
         settings: Settings | None = None,
         engine: Engine | None = None,
     ) -> None:
-        self.engine = engine or Engine.from_model(model, settings)
+        self.engine = engine or load_engine(model, settings)
         self.tokenizer = self.engine.tokenizer
 
     def generate(

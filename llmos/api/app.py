@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -26,9 +25,8 @@ from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.os import models as os_models
 from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
-from llmos.kernel.loop import EngineLoop
-from llmos.kernel.residency import RegistrySource, Residency, ServedEngine
-from llmos.monitor.metrics import Metrics
+from llmos.kernel.residency import ServedEngine
+from llmos.system import build_serving
 
 logger = logging.getLogger(__name__)
 
@@ -103,25 +101,12 @@ def build_context(
     aliases: Iterable[str] = (),
     pids: Iterator[int] | None = None,
 ) -> ServerContext:
-    metrics = Metrics()
-    loop = EngineLoop(
-        max_running=settings.kernel.max_num_seqs,
-        max_waiting=settings.api.max_queue,
-        metrics=metrics,
-        pids=pids,
-    )
-    source = RegistrySource(settings)
-    residency = Residency(loop, source, max_resident=settings.kernel.max_resident_models)
-    names = {a for a in aliases if a} | {settings.api.model}
-    # A start model read from a path (or a package outside the registry) cannot be reloaded by
-    # name, so it is never unloaded.
-    from_path = any(Path(n).expanduser().exists() for n in names)
-    residency.adopt(engine, aliases=names, is_reloadable=False if from_path else None)
+    system = build_serving(engine, settings, aliases=aliases, pids=pids)
     return ServerContext(
-        loop=loop,
-        residency=residency,
-        source=source,
+        loop=system.loop,
+        residency=system.residency,
+        source=system.source,
         settings=settings,
-        metrics=metrics,
-        default_model=engine.model_name,
+        metrics=system.metrics,
+        default_model=system.default_model,
     )

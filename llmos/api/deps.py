@@ -22,9 +22,10 @@ from llmos.errors import InvalidRequest, ModelNotResident
 if TYPE_CHECKING:
     from llmos.config import Settings
     from llmos.kernel.loop import EngineLoop
-    from llmos.kernel.residency import RegistrySource, Residency, ServedEngine
+    from llmos.kernel.residency import Residency, ServedEngine
     from llmos.monitor.metrics import Metrics
     from llmos.storage.registry import Registry
+    from llmos.system import RegistrySource
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_LOAD_ATTEMPTS = 3

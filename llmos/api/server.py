@@ -11,7 +11,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -114,28 +113,13 @@ def build_server(
     return LlmosServer(config, app.state.llmos, on_listening=on_listening)
 
 
-def served_name(ref: str) -> str | None:
-    """The id a registry reference is served as (`x:latest` -> `x`, as requests name it), so a
-    request for the start model never loads a second copy; None for a path."""
-    from llmos.errors import InvalidRequest
-    from llmos.kernel.residency import display_id
-    from llmos.storage.names import ModelRef
-
-    if Path(ref).expanduser().exists():
-        return None
-    try:
-        return display_id(ModelRef.parse(ref))
-    except InvalidRequest:
-        return None
-
-
 def serve(settings: Settings, *, on_listening: OnListening | None = None) -> None:
     """Load `settings.api.model`, then serve it (and any registry model, loaded on demand)
     until a signal drains and stops the server."""
-    from llmos.kernel.engine import Engine
+    from llmos.system import load_engine, served_name
 
     ref = settings.api.model
     pids = itertools.count(1)  # shared by every engine of this server
-    engine = Engine.from_model(ref, settings, pids=pids, name=served_name(ref))
+    engine = load_engine(ref, settings, pids=pids, name=served_name(ref))
     logger.info("model %s resident; starting the server", engine.model_name)
     build_server(engine, settings, aliases=(ref,), on_listening=on_listening, pids=pids).run()

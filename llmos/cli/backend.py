@@ -35,10 +35,10 @@ class LocalBackend:
 
     def __init__(self, model: str | None) -> None:
         from llmos.config import Settings
-        from llmos.kernel.engine import Engine
+        from llmos.system import load_engine
 
         settings = Settings()
-        self.engine = Engine.from_model(model or settings.api.model, settings)
+        self.engine = load_engine(model or settings.api.model, settings)
         self.model = self.engine.model_name
 
     def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:

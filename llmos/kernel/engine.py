@@ -12,12 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmos.config import KernelConfig, MemoryConfig, Settings
+from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
 from llmos.kernel.backends.cpu import KVCache
 from llmos.kernel.memory import BlockPool
@@ -29,7 +28,7 @@ from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
-from llmos.models.registry import CausalLM, build_model
+from llmos.models.registry import CausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +40,6 @@ def set_compute_threads(num_threads: int) -> None:
     n = num_threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-
-
-def locate_model(ref: str | None, settings: Settings) -> tuple[str | None, str | Path]:
-    """(served name, what to load) for a model reference: a path, a registry name, a package."""
-    from llmos.models.loader import DEFAULT_MODEL
-    from llmos.storage.registry import Registry, ensure_default_model
-    from llmos.storage.store import Storage
-
-    if ref is not None and Path(ref).expanduser().exists():
-        return None, Path(ref).expanduser()
-    name = ref or DEFAULT_MODEL
-    registry = Registry(Storage(settings.storage))
-    if name == DEFAULT_MODEL:
-        ensure_default_model(registry)
-    if registry.exists(name):
-        return name, registry.resolve(name)
-    return None, name  # a packaged model the loader knows (gemma3), or its clear error
 
 
 class Engine:
@@ -125,41 +107,6 @@ class Engine:
             memory.block_size,
             num_blocks * block_bytes / 2**20,
             num_swap,
-        )
-
-    @classmethod
-    def from_model(
-        cls,
-        ref: str | None = None,
-        settings: Settings | None = None,
-        *,
-        pids: Iterator[int] | None = None,
-        name: str | None = None,
-    ) -> Engine:
-        """Load a model and build a kernel around it.
-
-        `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a
-        packaged model (`smollm2`, the default, or `gemma3`). The default model is imported into
-        the registry on first use, so it is served from verified, stored blobs. `pids` is the
-        pid counter shared with the other engines of one server; `name` overrides the name the
-        model is served as.
-        """
-        from llmos.models.loader import load_model_files
-
-        settings = settings or Settings()
-        set_compute_threads(settings.kernel.num_threads)
-        served, source = locate_model(ref, settings)
-        served_as = name or served
-        files = load_model_files(source)
-        model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
-        return cls(
-            model,
-            files.tokenizer,
-            model_name=served_as or files.name,
-            chat_template=files.chat_template,
-            kernel=settings.kernel,
-            memory=settings.memory,
-            pids=pids,
         )
 
     # ---- system calls (any thread) -------------------------------------------------------

@@ -17,22 +17,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from llmos.errors import (
     Conflict,
-    InvalidRequest,
     LlmosError,
     ModelNotResident,
     NotFound,
     Overloaded,
 )
 from llmos.kernel.loop import EngineLike, EngineLoop
-
-if TYPE_CHECKING:
-    from llmos.config import Settings
-    from llmos.storage.names import ModelRef
-    from llmos.storage.registry import Registry
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,48 +285,3 @@ def _unavailable(model_id: str, what: str, hint: str | None) -> ModelNotResident
         param="model",
         hint=f"check it with `llmos models verify {model_id}`" + (f"; {hint}" if hint else ""),
     )
-
-
-def display_id(ref: ModelRef) -> str:
-    """How a registry model is named in the API: `name` for `name:latest`, else `name:tag`."""
-    return ref.name if ref.tag == "latest" else f"{ref.name}:{ref.tag}"
-
-
-class RegistrySource:
-    """Models of the storage registry, loaded from their verified blobs (never from a path)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._registry: Registry | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def registry(self) -> Registry:
-        """The registry of the data dir, opened on first use (a database open: may block)."""
-        with self._lock:
-            if self._registry is None:
-                from llmos.storage.registry import Registry
-                from llmos.storage.store import Storage
-
-                self._registry = Registry(Storage(self.settings.storage))
-            return self._registry
-
-    def find(self, name: str) -> str | None:
-        from llmos.storage.names import ModelRef
-
-        try:
-            ref = ModelRef.parse(name)
-        except InvalidRequest:
-            return None
-        return display_id(ref) if self.registry.exists(ref) else None
-
-    def check(self, model_id: str) -> None:
-        self.registry.resolve(model_id)  # hashes the blobs once: ModelCorrupted
-
-    def load(self, model_id: str, pids: Iterator[int]) -> ServedEngine:
-        from llmos.kernel.engine import Engine
-
-        # The verified blob (a `.gguf` link or an HF folder of links in the data dir), never a
-        # path a request could name; `check` already hashed it (cached by inode and mtime).
-        path = self.registry.resolve(model_id)
-        return Engine.from_model(str(path), self.settings, pids=pids, name=model_id)

@@ -56,3 +56,8 @@ class ModelRef:
 
     def __str__(self) -> str:
         return f"{self.name}:{self.tag}"
+
+
+def display_id(ref: ModelRef) -> str:
+    """How a registry model is named in the API: `name` for `name:latest`, else `name:tag`."""
+    return ref.name if ref.tag == DEFAULT_TAG else f"{ref.name}:{ref.tag}"

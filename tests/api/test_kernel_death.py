@@ -16,6 +16,7 @@ import pytest
 from llmos.api.app import create_app
 from llmos.config import Settings
 from llmos.kernel.engine import Engine
+from llmos.system import load_engine
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def engine() -> Iterator[Engine]:
     settings = Settings(
         memory={"kv_cache_bytes": 32 << 20, "swap_bytes": 0}, kernel={"max_model_len": 512}
     )
-    yield Engine.from_model("smollm2", settings)
+    yield load_engine("smollm2", settings)
 
 
 async def _scenario(engine: Engine) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def _flip_one_byte(blob: Path) -> None:
 
 
 def test_the_start_model_is_served_under_the_id_requests_use(tmp_path: Path) -> None:
-    from llmos.api.server import served_name
+    from llmos.system import served_name
 
     assert served_name("gemma3-270m:latest") == GEMMA  # not loaded twice as "gemma3-270m"
     assert served_name("mine:v1") == "mine:v1" and served_name(SMOLLM2) == SMOLLM2

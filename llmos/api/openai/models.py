@@ -13,10 +13,9 @@ from fastapi import APIRouter, Depends, Request
 
 from llmos.api.auth import authorize, granted_model, may_use_model
 from llmos.api.deps import ServerContext, get_context
-from llmos.kernel.residency import display_id
 from llmos.security.principals import Principal
 from llmos.storage.manifest import ModelManifest
-from llmos.storage.names import ModelRef
+from llmos.storage.names import ModelRef, display_id
 
 router = APIRouter()
 

@@ -22,9 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmos.api.auth import record_action
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.errors import Conflict, InvalidRequest
-from llmos.kernel.residency import display_id
 from llmos.storage.manifest import ModelManifest
-from llmos.storage.names import ModelRef
+from llmos.storage.names import ModelRef, display_id
 from llmos.storage.packages import is_package_source
 
 router = APIRouter(tags=["models"])

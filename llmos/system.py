@@ -1,0 +1,177 @@
+"""The composition root: Settings -> Storage -> Registry -> model source -> Residency -> driver.
+
+`llmos serve`, the in-process CLI (`llmos run`, `llmos chat` without a server) and `llmos.LLM`
+build what they run here and nowhere else, so there is one answer to "where does a model come
+from": a path given by the user, else the registry of the data dir (the embedded default is
+imported into it on first use, so it is served from verified blobs), else a packaged model the
+loader knows. The kernel below knows processes, blocks and models, never files or registries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmos.config import Settings
+from llmos.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from llmos.kernel.engine import Engine
+    from llmos.kernel.loop import EngineLoop
+    from llmos.kernel.residency import Residency, ServedEngine
+    from llmos.monitor.metrics import Metrics
+    from llmos.storage.registry import Registry
+    from llmos.storage.store import Storage
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The data dir's storage (metadata DB + blobs) under `settings.storage`."""
+    from llmos.storage.store import Storage
+
+    return Storage(settings.storage)
+
+
+def locate_model(ref: str | None, settings: Settings) -> tuple[str | None, str | Path]:
+    """(served name, what to load) for a model reference: a path, a registry name, a package."""
+    from llmos.models.loader import DEFAULT_MODEL
+    from llmos.storage.registry import Registry, ensure_default_model
+
+    if ref is not None and Path(ref).expanduser().exists():
+        return None, Path(ref).expanduser()
+    name = ref or DEFAULT_MODEL
+    registry = Registry(open_storage(settings))
+    if name == DEFAULT_MODEL:
+        ensure_default_model(registry)
+    if registry.exists(name):
+        return name, registry.resolve(name)
+    return None, name  # a packaged model the loader knows (gemma3), or its clear error
+
+
+def load_engine(
+    ref: str | None = None,
+    settings: Settings | None = None,
+    *,
+    pids: Iterator[int] | None = None,
+    name: str | None = None,
+) -> Engine:
+    """Load a model and build a kernel engine around it.
+
+    `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a packaged
+    model (`smollm2`, the default, or `gemma3`). `pids` is the pid counter shared with the other
+    engines of one server; `name` overrides the name the model is served as.
+    """
+    from llmos.kernel.engine import Engine, set_compute_threads
+    from llmos.models.loader import load_model_files
+    from llmos.models.registry import build_model
+
+    settings = settings or Settings()
+    set_compute_threads(settings.kernel.num_threads)
+    served, source = locate_model(ref, settings)
+    files = load_model_files(source)
+    model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
+    return Engine(
+        model,
+        files.tokenizer,
+        model_name=name or served or files.name,
+        chat_template=files.chat_template,
+        kernel=settings.kernel,
+        memory=settings.memory,
+        pids=pids,
+    )
+
+
+def served_name(ref: str) -> str | None:
+    """The id a registry reference is served as (`x:latest` -> `x`, as requests name it), so a
+    request for the start model never loads a second copy; None for a path."""
+    from llmos.storage.names import ModelRef, display_id
+
+    if Path(ref).expanduser().exists():
+        return None
+    try:
+        return display_id(ModelRef.parse(ref))
+    except InvalidRequest:
+        return None
+
+
+class RegistrySource:
+    """Models of the storage registry, loaded from their verified blobs (never from a path);
+    the `ModelSource` the residency manager loads from."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Registry:
+        """The registry of the data dir, opened on first use (a database open: may block)."""
+        with self._lock:
+            if self._registry is None:
+                from llmos.storage.registry import Registry
+
+                self._registry = Registry(open_storage(self.settings))
+            return self._registry
+
+    def find(self, name: str) -> str | None:
+        from llmos.storage.names import ModelRef, display_id
+
+        try:
+            ref = ModelRef.parse(name)
+        except InvalidRequest:
+            return None
+        return display_id(ref) if self.registry.exists(ref) else None
+
+    def check(self, model_id: str) -> None:
+        self.registry.resolve(model_id)  # hashes the blobs once: ModelCorrupted
+
+    def load(self, model_id: str, pids: Iterator[int]) -> ServedEngine:
+        # The verified blob (a `.gguf` link or an HF folder of links in the data dir), never a
+        # path a request could name; `check` already hashed it (cached by inode and mtime).
+        path = self.registry.resolve(model_id)
+        return load_engine(str(path), self.settings, pids=pids, name=model_id)
+
+
+@dataclass
+class ServingSystem:
+    """What a server runs: the engine driver, the resident models and where they come from."""
+
+    settings: Settings
+    loop: EngineLoop
+    residency: Residency
+    source: RegistrySource
+    metrics: Metrics
+    default_model: str  # the id of the model the server started with
+
+
+def build_serving(
+    engine: ServedEngine,
+    settings: Settings,
+    *,
+    aliases: Iterable[str] = (),
+    pids: Iterator[int] | None = None,
+) -> ServingSystem:
+    """The driver and residency around `engine`, the model resident from the start (its id is
+    the default model); any other registry model is loaded on demand. `pids` is the counter
+    `engine` draws its pids from (engines loaded later share it, so a pid names one process)."""
+    from llmos.kernel.loop import EngineLoop
+    from llmos.kernel.residency import Residency
+    from llmos.monitor.metrics import Metrics
+
+    metrics = Metrics()
+    loop = EngineLoop(
+        max_running=settings.kernel.max_num_seqs,
+        max_waiting=settings.api.max_queue,
+        metrics=metrics,
+        pids=pids,
+    )
+    source = RegistrySource(settings)
+    residency = Residency(loop, source, max_resident=settings.kernel.max_resident_models)
+    names = {a for a in aliases if a} | {settings.api.model}
+    # A start model read from a path (or a package outside the registry) cannot be reloaded by
+    # name, so it is never unloaded.
+    from_path = any(Path(n).expanduser().exists() for n in names)
+    residency.adopt(engine, aliases=names, is_reloadable=False if from_path else None)
+    return ServingSystem(settings, loop, residency, source, metrics, engine.model_name)
