@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from llmos.cli.common import console
-from llmos.cli.models import StorageGroup, human_bytes, progress_bar, storage_config
+from llmos.cli.models import StorageGroup, human_bytes, progress_bar
+from llmos.cli.settings import storage_config
 from llmos.storage.backup import create_backup, restore_backup, verify_backup
 
 app = typer.Typer(

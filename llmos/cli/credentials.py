@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from llmos.cli.settings import cli_settings
 from llmos.config import Settings
 from llmos.errors import Unauthenticated
 from llmos.security.acl import Permission, require
@@ -35,10 +36,7 @@ MASTER_KEY_ENV = "LLMOS_MASTER_KEY"
 
 def settings() -> Settings:
     """Settings, with `$LLMOS_DATABASE_URL` accepted as the storage CLI accepts it."""
-    from llmos.cli.models import storage_config
-
-    base = Settings()
-    return base.model_copy(update={"storage": storage_config()})
+    return cli_settings()
 
 
 def is_loopback_url(url: str) -> bool:

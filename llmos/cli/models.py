@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from llmos.cli.common import LlmosGroup, console, err_console, safe_text
-from llmos.config import Settings, StorageConfig
+from llmos.cli.settings import storage_config
 from llmos.errors import Conflict
 from llmos.storage.blobs import ProgressFn
 from llmos.storage.registry import Registry
@@ -40,15 +39,6 @@ class StorageGroup(LlmosGroup):
         if ctx.find_root().params.get("debug"):
             return TyperGroup.invoke(self, ctx)
         return super().invoke(ctx)
-
-
-def storage_config() -> StorageConfig:
-    """The storage settings; `$LLMOS_DATABASE_URL` is accepted as a short form of
-    `$LLMOS_STORAGE__DATABASE_URL`."""
-    config = Settings().storage
-    if not config.database_url and os.environ.get("LLMOS_DATABASE_URL"):
-        config = config.model_copy(update={"database_url": os.environ["LLMOS_DATABASE_URL"]})
-    return config
 
 
 def open_storage() -> Storage:

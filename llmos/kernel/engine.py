@@ -18,7 +18,6 @@ import torch
 
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
-from llmos.kernel.backends.cpu import KVCache
 from llmos.kernel.memory import BlockPool
 from llmos.kernel.outputs import EngineStats, ProcessOutput
 from llmos.kernel.params import SamplingParams
@@ -29,6 +28,7 @@ from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
 from llmos.models.registry import CausalLM
+from llmos.ops.cpu import KVCache
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The model runner: a scheduler Batch -> flat tensors -> one forward pass -> logits.
 
-Batch invariance: the native GEMM (backends/linear.py) gives a row the same bits whatever the
+Batch invariance: the native GEMM (llmos/ops/linear.py) gives a row the same bits whatever the
 batch. Without it (no AVX-512, no C compiler, another device) PyTorch's fp32 GEMMs take other
 code paths for some small row counts, so at start the runner measures, on the model's own
 weight shapes, which row counts agree with the large-batch path and pads
 every GEMM input up to the next such count (pad rows write their K/V into the trash block and
-are dropped). With attention computed per query (backends/cpu.py) a process's logits are then
+are dropped). With attention computed per query (llmos/ops/cpu.py) a process's logits are then
 bit-identical whoever shares its tick. See docs/design/kernel.md.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.backends.cpu import AttentionMetadata, KVCache
 from llmos.kernel.scheduler import Batch, ScheduledProcess
 from llmos.models.registry import CausalLM
+from llmos.ops.cpu import AttentionMetadata, KVCache
 
 CALIBRATE_ROWS = 16  # row counts above this are trusted to take the large-batch path
 

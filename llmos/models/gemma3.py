@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from llmos.kernel.backends.cpu import AttentionMetadata, KVCache, paged_attention
-from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
 from llmos.models.layers import RotaryTable, TokenIO, fused_linear, gated_mlp, rms_norm, take
+from llmos.ops.cpu import AttentionMetadata, KVCache, paged_attention
+from llmos.ops.linear import Linear, QuantizedMatrix
 
 
 @dataclass(slots=True)

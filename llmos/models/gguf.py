@@ -27,8 +27,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from llmos.errors import ModelLoadError
-from llmos.kernel.backends.linear import QuantizedMatrix
 from llmos.models.config import ModelConfig
+from llmos.ops.linear import QuantizedMatrix
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -450,7 +450,7 @@ def unpermute_rotary(w: torch.Tensor, num_heads: int) -> torch.Tensor:
 # Types whose dequantization is (d * q) + m per 32-element block (d, m float16, m = 0 for the
 # _0 types). They are decoded here, in torch, into a QuantizedMatrix whose `dequantize()` is the
 # float32 tensor gguf's own codec computes (tests/models/test_gguf.py checks the bits), and can
-# stay compressed in memory (llmos.kernel.backends.linear). Value: (has m, has 5th bits, zero).
+# stay compressed in memory (llmos.ops.linear). Value: (has m, has 5th bits, zero).
 _GROUP_TYPES = {
     GGMLQuantizationType.Q4_0: (False, False, 8),
     GGMLQuantizationType.Q4_1: (True, False, 0),

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.backends.linear import Linear, QuantizedMatrix
+from llmos.ops.linear import Linear, QuantizedMatrix
 
 
 def rms_norm(

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from llmos.errors import ModelLoadError
-from llmos.kernel.backends.linear import QuantizedMatrix
 from llmos.models.config import ModelConfig
 from llmos.models.gguf import config_from_gguf, load_gguf_weights, read_gguf
 from llmos.models.tokenizer import Tokenizer
+from llmos.ops.linear import QuantizedMatrix
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Protocol
 import torch
 
 from llmos.errors import ModelLoadError
-from llmos.kernel.backends.cpu import AttentionMetadata, KVCache
-from llmos.kernel.backends.linear import Linear, QuantizedMatrix
 from llmos.models.config import ModelConfig
+from llmos.ops.cpu import AttentionMetadata, KVCache
+from llmos.ops.linear import Linear, QuantizedMatrix
 
 
 class CausalLM(Protocol):

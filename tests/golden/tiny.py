@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from llmos.kernel.backends.cpu import KVCache
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Process
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.scheduler import Batch, ScheduledProcess
 from llmos.models.config import ModelConfig
+from llmos.ops.cpu import KVCache
 
 
 def tiny_llama_config(**overrides: object) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmos.kernel.backends import cpu
-from llmos.kernel.backends.cpu import AttentionMetadata, paged_attention
+from llmos.ops import cpu
+from llmos.ops.cpu import AttentionMetadata, paged_attention
 
 BS, HKV, G, D = 16, 2, 3, 32
 H = HKV * G

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from llmos.config import KernelConfig, MemoryConfig
-from llmos.kernel.backends.cpu import KVCache
 from llmos.kernel.engine import Engine
 from llmos.kernel.params import SamplingParams
 from llmos.llm import LLM
+from llmos.ops.cpu import KVCache
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.backends.linear import Linear, QuantizedMatrix
+from llmos.ops.linear import Linear, QuantizedMatrix
 
 pytestmark = pytest.mark.skipif(
     not Linear(torch.zeros(64, 32)).is_batch_invariant,

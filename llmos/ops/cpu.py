@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmos.kernel.backends import native
+from llmos.ops import native
 
 _NEG_INF = float("-inf")
 

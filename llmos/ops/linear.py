@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmos.kernel.backends import native
+from llmos.ops import native
 
 PANEL = 64  # output columns per packed panel (csrc/gemm.c: NR)
 GROUP = 32  # k per quantization group (csrc/gemm.c: QG)

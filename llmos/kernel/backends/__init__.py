@@ -1,1 +1,0 @@
-"""Device backends: where the KV cache lives and how attention reads it."""
