@@ -179,3 +179,24 @@ async def stream_sse(
             if max_events is not None and len(result.events) >= max_events:
                 break
     return result
+
+
+class Scrape:
+    """One `/metrics` scrape: `value(name, **labels)` sums the samples whose labels include
+    `labels` (0 when none matches yet: a labelled counter appears on its first increment)."""
+
+    def __init__(self, url: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        self.samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.samples}

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.serving import idle, stream_sse, wait_until
+from tests.serving import Scrape, idle, stream_sse, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -66,18 +66,12 @@ def test_kill_non_stream_gets_503_no_retry(server_url: str) -> None:
 
 def test_stats(http: httpx.Client) -> None:
     stats = http.get("/os/stats").json()
-    for key in (
-        "kv_blocks_used",
-        "kv_blocks_free",
-        "kv_blocks_cached",
-        "kv_blocks_total",
-        "prefix_cache_hit_rate",
-        "tokens_per_s",
-        "queue_depth",
-        "num_running",
-    ):
-        assert key in stats
-    assert stats["kv_blocks_total"] > 0
+    used, free, cached = stats["kv_blocks_used"], stats["kv_blocks_free"], stats["kv_blocks_cached"]
+    assert used + free + cached == stats["kv_blocks_total"] > 0
+    assert stats["kv_cache_usage"] == pytest.approx(used / stats["kv_blocks_total"])
+    assert stats["queue_depth"] == stats["num_waiting"] == 0 and stats["num_running"] == 0
+    assert stats["tokens_per_s"] >= 0 and 0 <= stats["prefix_cache_hit_rate"] <= 1
+    assert stats["models"] and stats["default_model"] in stats["model"]
 
 
 def test_prefix_cache_shows_in_usage(http: httpx.Client) -> None:
@@ -94,15 +88,22 @@ def test_prefix_cache_shows_in_usage(http: httpx.Client) -> None:
     assert http.get("/os/stats").json()["prefix_cache_hit_rate"] > 0
 
 
-def test_probes_and_metrics(http: httpx.Client) -> None:
+def test_probes_and_metrics(http: httpx.Client, server_url: str) -> None:
     assert http.get("/health").json() == {"status": "ok", "reasons": []}
     assert http.get("/ready").json() == {"status": "ok", "reasons": []}
     assert http.get("/version").json()["version"]
-    http.post(
+    before = Scrape(server_url)
+    usage = http.post(
         "/v1/chat/completions",
-        json={"model": "smollm2", "max_tokens": 3, "messages": [{"role": "user", "content": "Hi"}]},
-    )
-    text = http.get("/metrics").text
+        json={
+            "model": "smollm2",
+            "max_tokens": 3,
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+    ).json()["usage"]
+    after = Scrape(server_url)
+    assert usage["completion_tokens"] == 3
     for name in (
         "llmos:num_processes_running",
         "llmos:num_processes_waiting",
@@ -115,7 +116,24 @@ def test_probes_and_metrics(http: httpx.Client) -> None:
         "llmos:num_preemptions_total",
         "llmos:process_finished_total",
     ):
-        assert f"\n{name}" in text, name
+        assert name in after.names(), name
+    moved = {
+        name: after.value(name) - before.value(name)
+        for name in (
+            "llmos:generation_tokens_total",
+            "llmos:prompt_tokens_total",
+            "llmos:process_finished_total",
+            "llmos:e2e_request_latency_seconds_count",
+        )
+    }
+    assert moved == {
+        "llmos:generation_tokens_total": 3,
+        "llmos:prompt_tokens_total": usage["prompt_tokens"],
+        "llmos:process_finished_total": 1,
+        "llmos:e2e_request_latency_seconds_count": 1,
+    }
+    assert after.value("llmos:num_processes_running") == 0
+    assert after.value("llmos:kernel_alive") == 1
 
 
 def test_tokenizer_routes(http: httpx.Client) -> None:
