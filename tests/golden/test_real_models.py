@@ -13,8 +13,9 @@ from llmos.kernel.params import SamplingParams
 from llmos.llm import LLM
 from llmos.models.loader import load_model_files
 from tests.golden.tiny import llmos_logprobs
+from tests.required import require_transformers
 
-transformers = pytest.importorskip("transformers")
+transformers = require_transformers()
 pytestmark = pytest.mark.slow
 
 PROMPTS = [

@@ -8,8 +8,9 @@ import torch
 from llmos.models.config import ModelConfig
 from llmos.models.registry import build_model
 from tests.golden.tiny import llmos_logprobs
+from tests.required import require_transformers
 
-transformers = pytest.importorskip("transformers")
+transformers = require_transformers()
 
 
 def _tiny_gemma3(**overrides):

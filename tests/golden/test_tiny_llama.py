@@ -7,8 +7,9 @@ import torch
 
 from llmos.models.registry import build_model
 from tests.golden.tiny import llmos_config_from_hf, llmos_logprobs, tiny_llama_config
+from tests.required import require_transformers
 
-transformers = pytest.importorskip("transformers")
+transformers = require_transformers()
 
 
 def _hf_and_ours(**overrides):

@@ -7,6 +7,7 @@ import torch
 
 from llmos.ops import cpu
 from llmos.ops.cpu import AttentionMetadata, paged_attention
+from tests.required import require_native_kernels
 
 BS, HKV, G, D = 16, 2, 3, 32
 H = HKV * G
@@ -46,8 +47,8 @@ def _run(seqs, tables, q, k, v, kc, vc, **kw):
 
 @pytest.fixture
 def needs_native():
-    if cpu.native_attention() is None:
-        pytest.skip("no C compiler: the native kernel is not built")
+    require_native_kernels()
+    assert cpu.native_attention() is not None
 
 
 @pytest.mark.parametrize("window", [None, 7])

@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from llmos.ops.linear import Linear, QuantizedMatrix
+from tests.required import require_native_kernels
 
-pytestmark = pytest.mark.skipif(
-    not Linear(torch.zeros(64, 32)).is_batch_invariant,
-    reason="native GEMM needs a C compiler and AVX-512",
-)
+
+@pytest.fixture(autouse=True)
+def _native_gemm() -> None:
+    require_native_kernels()
+    assert Linear(torch.zeros(64, 32)).is_batch_invariant
 
 
 def _q4_1(n: int, k: int, g: torch.Generator) -> QuantizedMatrix:

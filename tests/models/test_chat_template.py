@@ -12,6 +12,7 @@ from llmos.errors import InvalidRequest
 from llmos.models.chat_template import FALLBACK_TEMPLATE, render_chat, validate_messages
 from llmos.models.gguf import read_gguf
 from llmos.models.loader import load_model_files
+from tests.required import require_transformers
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 SMOLLM2_RENDERED = (
@@ -36,7 +37,7 @@ def test_smollm2_template_renders_exactly(smollm2_template: str) -> None:
 def test_smollm2_template_matches_transformers(
     smollm2_template: str, smollm2_gguf_path: Path
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = require_transformers()
     ref = transformers.AutoTokenizer.from_pretrained(
         str(smollm2_gguf_path.parent), gguf_file=smollm2_gguf_path.name
     )

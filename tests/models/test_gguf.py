@@ -24,6 +24,7 @@ from llmos.models.gguf import (
     read_gguf,
     unpermute_rotary,
 )
+from tests.required import require_transformers
 
 ROWS, COLS = 4, 512
 # Byte offsets of the fp16 scale fields inside one block of each K-quant (ggml's block layouts).
@@ -112,7 +113,7 @@ def test_dequantize_matches_transformers_torch_codec(
     synthetic: tuple[Path, dict], qtype: T
 ) -> None:
     """A second, independent codec (transformers' torch dequantizer) agrees bit for bit."""
-    dequant = pytest.importorskip("transformers.integrations.gguf.dequant")
+    dequant = require_transformers("transformers.integrations.gguf.dequant")
     path, raw = synthetic
     got = read_gguf(path).dequantize(read_gguf(path).tensors[f"t.{qtype.name.lower()}"])
     data = torch.from_numpy(np.ascontiguousarray(raw[f"t.{qtype.name.lower()}"][1])).reshape(-1)
@@ -265,7 +266,7 @@ def test_smollm2_metadata_matches_gguf_reader(smollm2_gguf_path: Path) -> None:
 def _transformers_reference(path: Path, cfg_kwargs: dict) -> dict:
     """transformers' GGUF loader (the function from_pretrained(gguf_file=...) uses) on a meta
     model; returns its parsed config and its HF-named float32 tensors."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require_transformers()
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     config_cls = cfg_kwargs.pop("config_cls")

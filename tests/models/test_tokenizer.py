@@ -10,6 +10,7 @@ import pytest
 
 from llmos.models.gguf import read_gguf
 from llmos.models.tokenizer import Tokenizer
+from tests.required import require_transformers
 
 TEXTS = [
     "Hello world",
@@ -50,7 +51,7 @@ def gemma3(gemma3_gguf_path: Path) -> Tokenizer:
 
 
 def _reference(path: Path):  # type: ignore[no-untyped-def]
-    transformers = pytest.importorskip("transformers")
+    transformers = require_transformers()
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 

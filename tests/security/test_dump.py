@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import make_url
 
 from llmos.config import StorageConfig
@@ -19,6 +18,7 @@ from llmos.security.keys import ApiKeys, parse_key
 from llmos.security.principals import Role, Users
 from llmos.storage.datasets import Datasets
 from llmos.storage.store import Storage
+from tests.required import require
 
 DATASET_MARKER = "PLANTED-PLAINTEXT-MARKER-41b7"
 MASTER_KEY_TEXT = base64.urlsafe_b64encode(b"M" * 32).decode()
@@ -35,8 +35,8 @@ def _dump(storage: Storage, config: StorageConfig) -> bytes:
     pg_dump = shutil.which("pg_dump") or next(
         iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))), None
     )
-    if pg_dump is None:
-        pytest.skip("pg_dump is not installed")
+    require(pg_dump is not None, "pg_dump is not installed (the postgresql-client package)")
+    assert pg_dump is not None
     url = make_url(config.database_url or "").set(drivername="postgresql")
     out = subprocess.run(
         [str(pg_dump), "--data-only", url.render_as_string(hide_password=False)],

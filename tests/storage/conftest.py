@@ -1,10 +1,10 @@
 """Storage fixtures: every DB-backed test runs on SQLite and, when a server is given via
 $LLMOS_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres), on a
-fresh PostgreSQL database created for the test and dropped after it."""
+fresh PostgreSQL database created for the test and dropped after it. Without that URL the
+PostgreSQL half skips, and fails under CI=true (tests/required.py)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -14,8 +14,7 @@ from llmos.config import StorageConfig
 from llmos.storage.datasets import Datasets
 from llmos.storage.registry import Registry
 from llmos.storage.store import Storage
-
-PG_ENV = "LLMOS_TEST_POSTGRES_URL"
+from tests.required import require_postgres_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -23,10 +22,7 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
         return
-    server = os.environ.get(PG_ENV)
-    if not server:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV}")
-    yield from _fresh_pg_database(server)
+    yield from _fresh_pg_database(require_postgres_url())
 
 
 def _fresh_pg_database(server: str) -> Iterator[str]:

