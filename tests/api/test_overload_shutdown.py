@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.serving import ServerProcess, StreamResult, idle, stream_sse, wait_until
+from tests.serving import Scrape, ServerProcess, StreamResult, idle, stream_sse, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +50,7 @@ def test_burst_gets_200_or_503_with_retry_after(small_server: ServerProcess) -> 
                 *(client.post("/v1/chat/completions", json=_body(i, 6)) for i in range(4 * QUEUE))
             )
 
-    started = time.monotonic()
+    before = Scrape(url)
     responses = asyncio.run(burst())
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 503}, statuses
@@ -60,15 +59,23 @@ def test_burst_gets_200_or_503_with_retry_after(small_server: ServerProcess) -> 
     for r in rejected:
         assert 1 <= int(r.headers["retry-after"]) <= 60
         assert r.json()["error"]["code"] == "server_is_overloaded"
-    assert time.monotonic() - started < 120
-    metrics = httpx.get(f"{url}/metrics").text
-    line = next(
-        m
-        for m in metrics.splitlines()
-        if m.startswith("llmos:admission_rejected_total") and "queue_full" in m
-    )
-    assert float(line.split()[-1]) == len(rejected)
+    # Every request was answered (none hung past the client timeout): each admitted one ran to
+    # its end and each refused one was counted, nothing else.
+    accepted = [r for r in responses if r.status_code == 200]
+    for r in accepted:
+        assert 1 <= r.json()["usage"]["completion_tokens"] <= 6
     assert wait_until(lambda: idle(url), 30)
+    after = Scrape(url)
+    rejected_name = "llmos:admission_rejected_total"
+    assert after.value(rejected_name, reason="queue_full") - before.value(
+        rejected_name, reason="queue_full"
+    ) == len(rejected)
+    finished = "llmos:process_finished_total"
+    assert after.value(finished) - before.value(finished) == len(accepted)
+    generated = "llmos:generation_tokens_total"
+    assert after.value(generated) - before.value(generated) == sum(
+        r.json()["usage"]["completion_tokens"] for r in accepted
+    )
     assert httpx.get(f"{url}/ready").status_code == 200
 
 
@@ -117,12 +124,12 @@ def test_sigterm_drains_streams_and_exits_0(small_server: ServerProcess) -> None
 def test_sigterm_with_zero_drain_timeout_ends_streams_with_error_event() -> None:
     server = ServerProcess("--drain-timeout", "0", env=SMALL).start()
     try:
-        started = time.monotonic()
         results, _, _ = asyncio.run(_streams_then_signal(server, 2, 900))
         for r in results:
             assert r.status == 200 and r.done
             assert r.errors and r.errors[0]["error"]["type"] == "process_killed"  # type: ignore[index]
+            # The drain did not wait for the streams: they end far short of max_tokens.
+            assert len(r.events) < 900 // 2, len(r.events)
         assert server.wait(30) == 0
-        assert time.monotonic() - started < 60
     finally:
         server.stop()
