@@ -1,4 +1,8 @@
-"""Malformed and hostile model files are refused fast, in bounded memory, writing nothing."""
+"""Malformed and hostile model files are refused in bounded work and memory, writing nothing.
+
+"Bounded work" is counted, not timed: the refusal may execute at most `MAX_LINES` Python lines
+(a trace hook counts them and aborts past the budget), so a parser that believes a header's
+2^60 count and starts looping fails at once, on any machine, however fast."""
 
 from __future__ import annotations
 
@@ -6,17 +10,45 @@ import json
 import os
 import struct
 import sys
-import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from llmos.errors import InvalidModelFile, LlmosError
 from tests.storage.helpers import write_gguf, write_hf_folder, write_safetensors
 
-MAX_SECONDS = 1.0
+MAX_LINES = 20_000  # the costliest refusal runs ~2,400 lines
 MAX_PEAK_BYTES = 16 << 20
+
+
+class _OverBudget(BaseException):
+    """Raised from the trace hook; a BaseException so `except Exception` in the code under test
+    cannot swallow it."""
+
+
+class _LineBudget:
+    """Counts the Python lines run in this thread while active; raises past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.num_lines = 0
+
+    def _trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., object] | None:
+        if event == "line":
+            self.num_lines += 1
+            if self.num_lines > self.limit:
+                raise _OverBudget(f"more than {self.limit} lines run")
+        return self._trace
+
+    def __enter__(self) -> _LineBudget:
+        sys.settrace(self._trace)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
 
 
 def _gguf_prefix(num_tensors: int, num_kv: int, version: int = 3) -> bytes:
@@ -84,15 +116,13 @@ def _safetensors_cases() -> dict[str, bytes]:
 
 def _assert_refused_fast(registry, storage, source, name="bad"):
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
-        with pytest.raises(LlmosError) as e:
+        with _LineBudget(MAX_LINES) as budget, pytest.raises(LlmosError) as e:
             registry.import_model(source, name)
-        elapsed = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < MAX_SECONDS, f"took {elapsed:.2f}s"
+    assert budget.num_lines <= MAX_LINES
     assert peak < MAX_PEAK_BYTES, f"peak {peak} bytes"
     assert os.listdir(storage.layout.blobs) == [] and registry.list() == []
     return e.value
