@@ -6,13 +6,15 @@ the environment, so a test can build many kernels with different settings in one
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -110,7 +112,28 @@ class SecurityConfig(BaseModel):
         None, description="Where the bootstrap admin key lives; default <data dir>/admin.key."
     )
     auth_failures_per_minute: int = Field(
-        10, ge=1, description="Failed authentications allowed per client address per minute."
+        10,
+        ge=1,
+        description="Failed sign-ins allowed per client address and per key id per minute; past "
+        "it wrong keys get 429 (a valid key is always served).",
+    )
+    auth_failure_max_delay_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Longest delay before a failed sign-in is answered (doubling from 0.05 s "
+        "with each recent failure); 0 = answer at once.",
+    )
+    auth_failures_audited_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Failed sign-ins audited one row each per client address per minute; the "
+        "rest are counted in one auth.fail.summary row.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Reverse proxies (IPs or CIDRs, JSON list or comma-separated) whose "
+        "X-Forwarded-For / Forwarded header names the client; empty = the socket peer.",
     )
     default_requests_per_minute: int = Field(
         0, ge=0, description="Request rate limit for keys that set none; 0 = unlimited."
@@ -137,6 +160,26 @@ class SecurityConfig(BaseModel):
     )
     tls_cert_file: Path | None = Field(None, description="PEM certificate: serve HTTPS.")
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from exc
+        return value
 
 
 class MonitorConfig(BaseModel):

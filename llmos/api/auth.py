@@ -4,7 +4,8 @@ and inference goes through `open_guarded_stream` (grant, quotas, rate limits, ow
 `authorize` runs before a route's own dependencies (so an anonymous client gets 401 before its
 body is even parsed). It looks the matched route up in `llmos.security.acl.ROUTE_PERMISSIONS`:
 PUBLIC routes get the anonymous principal, anything else needs a key whose role grants the
-permission, and a route missing from the table is refused (deny by default). With `auth none`
+permission, and a route missing from the table is refused (deny by default). A wrong key is
+answered late (an asyncio sleep, see `llmos.security.signin`), never a valid one. With `auth none`
 (loopback only) every request acts as the local admin.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 
+from llmos.api import forwarded
 from llmos.api.deps import ServerContext, get_context
 from llmos.errors import LlmosError, NotFound, PermissionDenied
 from llmos.kernel.loop import EngineLoop, OutputStream
@@ -30,6 +32,7 @@ from llmos.security.acl import PUBLIC, Permission, can_see, require, route_rule
 from llmos.security.guard import Guard, Ticket
 from llmos.security.principals import ANONYMOUS, LOCAL, Principal
 from llmos.security.quotas import Demand, Quotas
+from llmos.security.signin import SignInFailure
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,23 @@ Prompts = Sequence[tuple[list[int], SamplingParams]]
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The socket peer, or the client a trusted proxy forwarded for (`security.trusted_proxies`);
+    worked out once per request."""
+    cached: str | None = getattr(request.state, "client_address", None)
+    if cached is not None:
+        return cached
+    peer = request.client.host if request.client else "unknown"
+    proxies = get_context(request).settings.security.trusted_proxies
+    address = peer
+    if proxies:
+        address = forwarded.client_address(
+            peer,
+            forwarded.trusted_networks(tuple(proxies)),
+            request.headers.getlist("x-forwarded-for"),
+            request.headers.getlist("forwarded"),
+        )
+    request.state.client_address = address
+    return address
 
 
 async def authorize(request: Request) -> Principal:
@@ -62,7 +81,12 @@ async def authorize(request: Request) -> Principal:
         principal = LOCAL
     else:
         header = request.headers.get("authorization")
-        principal = await asyncio.to_thread(guard.authenticate, header, client_address(request))
+        signed_in = await asyncio.to_thread(guard.authenticate, header, client_address(request))
+        if isinstance(signed_in, SignInFailure):
+            # Late, not never: the event loop keeps serving everyone else meanwhile.
+            await asyncio.sleep(signed_in.delay_s)
+            raise signed_in.error
+        principal = signed_in
         require(principal, Permission(rule))
     request.state.principal = principal
     return principal

@@ -27,6 +27,7 @@ from llmos.security.principals import Principal
 from llmos.security.quotas import Demand, Quotas
 from llmos.security.ratelimit import RateLimiter
 from llmos.security.redact import redact
+from llmos.security.signin import FailedSignIns, SignInFailure
 from llmos.storage.db import Database
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Guard:
         self.acl = ModelAcl(db)
         self.quotas = Quotas(db)
         self.limiter = limiter or RateLimiter()
+        self.signins = FailedSignIns(self.limiter, config, self.record)
         self._pending_lock = threading.Lock()
         self._pending_tokens: dict[int, int] = {}
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -105,25 +107,27 @@ class Guard:
 
     # ---- authentication ----------------------------------------------------------------------
 
-    def authenticate(self, authorization: str | None, client: str) -> Principal:
-        """The principal of an `Authorization: Bearer <key>` header value, or an error:
-        Unauthenticated (401), RateLimited (429: too many failures from `client`, or the key's
-        requests per minute)."""
-        token = _bearer(authorization)
-        fails_per_min = self.config.auth_failures_per_minute
-        self.limiter.check_failures(client, fails_per_min)
+    def authenticate(self, authorization: str | None, client: str) -> Principal | SignInFailure:
+        """The principal of an `Authorization: Bearer <key>` header value, or how to refuse it.
+
+        Raises Unauthenticated for a missing header (nothing was guessed: not counted) and
+        RateLimited for a valid key over its requests per minute. A wrong key is checked like
+        any other, counted against `client` and its key id, and returned as a SignInFailure
+        (401, or 429 past the failure budget) to answer after its delay; a valid key is served
+        whatever the failures of its address.
+        """
+        self.signins.sweep()
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if not scheme or (scheme.lower() == "bearer" and not token):
+            raise _missing_key()
         try:
+            if scheme.lower() != "bearer":
+                raise Unauthenticated("Malformed Authorization header: expected 'Bearer <key>'.")
             principal = self.keys.resolve(token)
         except Unauthenticated as exc:
-            self.limiter.record_failure(client, fails_per_min)
             parsed = parse_key(token)
-            self.record(
-                parsed[0] if parsed else "unknown",
-                "auth.fail",
-                outcome=exc.code,
-                client=client,
-            )
-            raise
+            return self.signins.fail(exc, client, parsed[0] if parsed else None)
         rpm = principal.requests_per_minute or self.config.default_requests_per_minute
         if rpm and principal.key_id:
             self.limiter.take_request(principal.key_id, rpm)
@@ -236,6 +240,7 @@ class Guard:
         self._jobs.join()
 
     def close(self) -> None:
+        self.signins.flush()
         self._jobs.put(None)
         self._writer.join(timeout=30)
 
@@ -253,14 +258,9 @@ class Guard:
                 self._jobs.task_done()
 
 
-def _bearer(authorization: str | None) -> str:
-    if not authorization:
-        raise Unauthenticated(
-            "Missing API key: send the header 'Authorization: Bearer <key>'.",
-            hint="create a key with `llmos keys create`; on the server machine the admin key is "
-            "the file admin.key in the data dir",
-        )
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Malformed Authorization header: expected 'Bearer <key>'.")
-    return token.strip()
+def _missing_key() -> Unauthenticated:
+    return Unauthenticated(
+        "Missing API key: send the header 'Authorization: Bearer <key>'.",
+        hint="create a key with `llmos keys create`; on the server machine the admin key is "
+        "the file admin.key in the data dir",
+    )

@@ -1,4 +1,5 @@
-"""Token buckets: requests and tokens per minute per API key, failed logins per client address.
+"""Token buckets: requests and tokens per minute per API key; failed sign-ins per client
+address and per key id.
 
 A bucket holds at most `capacity` units and refills at `capacity / 60` per second, so a key with
 5 requests/minute may burst 5 and then gets one more every 12 s. Prompt tokens are taken at
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llmos.errors import RateLimited
@@ -43,6 +44,19 @@ class TokenBucket:
     @property
     def is_full(self) -> bool:
         return self.level >= self.capacity
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCount:
+    """Failed sign-ins of the busiest subject within the last minute or so (this one included),
+    and how long until it may fail again without a 429 (0: it is within budget)."""
+
+    num_recent: int
+    retry_after_s: float
+
+    @property
+    def is_limited(self) -> bool:
+        return self.retry_after_s > 0
 
 
 class RateLimiter:
@@ -85,22 +99,24 @@ class RateLimiter:
         with self._lock:
             self._bucket(("tokens", key_id), per_minute).level -= num_tokens
 
-    def check_failures(self, address: str, per_minute: int) -> None:
-        """RateLimited if `address` used up its failed-authentication budget."""
-        with self._lock:
-            bucket = self._bucket(("auth-failures", address), per_minute)
-            wait = bucket.wait_s(1)
-        if wait > 0:
-            raise RateLimited(
-                "Too many failed authentication attempts from this address.",
-                code="too_many_auth_failures",
-                hint=f"wait {math.ceil(wait)} s before trying again",
-                retry_after_s=wait,
-            )
+    def count_failure(self, subjects: Sequence[str], per_minute: int) -> FailureCount:
+        """Count one failed sign-in against each subject (a client address, a key id).
 
-    def record_failure(self, address: str, per_minute: int) -> None:
+        A subject with budget left is charged one unit; one already out of budget is not
+        charged again, so a flood that stops is forgiven at the bucket's refill rate instead
+        of digging an ever deeper hole. `retry_after_s` > 0 means some subject is out of
+        budget: the caller answers 429.
+        """
+        num_recent, retry_after_s = 0, 0.0
         with self._lock:
-            self._bucket(("auth-failures", address), per_minute).level -= 1
+            for subject in subjects:
+                bucket = self._bucket(("auth-failures", subject), per_minute)
+                if bucket.level >= 1:
+                    bucket.level -= 1
+                else:
+                    retry_after_s = max(retry_after_s, bucket.wait_s(1))
+                num_recent = max(num_recent, math.ceil(bucket.capacity - bucket.level))
+        return FailureCount(num_recent=num_recent, retry_after_s=retry_after_s)
 
     def _bucket(self, key: tuple[str, str], capacity: int) -> TokenBucket:
         now = self._clock()

@@ -1,4 +1,4 @@
-"""Token buckets: per-key request and token limits, per-address failed-login limits."""
+"""Token buckets: per-key request and token limits, failed sign-ins per address and key id."""
 
 from __future__ import annotations
 
@@ -48,18 +48,23 @@ def test_tokens_taken_at_admission_and_settled_after() -> None:
         rl.take_tokens("k", 600, 601)
 
 
-def test_failed_logins_limited_per_address() -> None:
+def test_failed_sign_ins_counted_per_address_and_per_key_id() -> None:
     clock = Clock()
     rl = RateLimiter(clock)
-    for _ in range(3):
-        rl.check_failures("10.0.0.1", 3)
-        rl.record_failure("10.0.0.1", 3)
-    with pytest.raises(RateLimited) as e:
-        rl.check_failures("10.0.0.1", 3)
-    assert e.value.code == "too_many_auth_failures"
-    rl.check_failures("10.0.0.2", 3)
+    counts = [rl.count_failure(["address:10.0.0.1", "key:k1"], 3) for _ in range(3)]
+    assert [c.num_recent for c in counts] == [1, 2, 3]
+    assert not any(c.is_limited for c in counts)
+    over = rl.count_failure(["address:10.0.0.1", "key:k1"], 3)
+    assert over.is_limited and over.retry_after_s == pytest.approx(20.0)
+    # the key id is out of budget from any address; a fresh address with a fresh key is not
+    assert rl.count_failure(["address:10.0.0.2", "key:k1"], 3).is_limited
+    assert not rl.count_failure(["address:10.0.0.2", "key:k2"], 3).is_limited
+    # failures past the budget are not charged again: one refill interval forgives one
+    for _ in range(50):
+        rl.count_failure(["address:10.0.0.1"], 3)
     clock.now_s += 20
-    rl.check_failures("10.0.0.1", 3)
+    assert not rl.count_failure(["address:10.0.0.1"], 3).is_limited
+    assert rl.count_failure(["address:10.0.0.1"], 3).is_limited
 
 
 def test_changed_limit_applies_at_once() -> None:
