@@ -67,6 +67,12 @@ class MemoryConfig(BaseModel):
         1 << 30, ge=0, description="Bytes of host memory for swapped-out blocks; 0 = recompute."
     )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks across shared prefixes.")
+    prefix_cache_scope: Literal["user", "global"] = Field(
+        "user",
+        description="Who shares cached prefixes: each user only their own (a request's "
+        "cache_salt opts into a shared one), or everyone (global: single-tenant only).",
+    )
+
 
 
 class StorageConfig(BaseModel):

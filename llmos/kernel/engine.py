@@ -18,7 +18,7 @@ import torch
 
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
-from llmos.kernel.memory import BlockPool
+from llmos.kernel.memory import BlockPool, cache_namespace
 from llmos.kernel.outputs import EngineStats, ProcessOutput
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
@@ -118,7 +118,11 @@ class Engine:
         owner: str = "local",
         priority: Priority = Priority.NORMAL,
     ) -> int:
-        """Validate and queue a new process; returns its pid. Raises on bad input."""
+        """Validate and queue a new process; returns its pid. Raises on bad input.
+
+        Its prefix-cache hits come only from processes of the same `owner`, or of the same
+        `params.cache_salt`, unless `memory.prefix_cache_scope` is "global".
+        """
         vocab = self.model.config.vocab_size
         if not prompt_token_ids:
             raise InvalidRequest("The prompt is empty.", param="prompt")
@@ -150,6 +154,9 @@ class Engine:
             list(prompt_token_ids),
             params,
             owner=owner,
+            cache_namespace=cache_namespace(
+                owner, params.cache_salt, self.memory_config.prefix_cache_scope
+            ),
             model=self.model_name,
             priority=priority,
         )

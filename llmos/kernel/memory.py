@@ -3,7 +3,9 @@
 Invariants: a block's ref count is never negative; every block is exactly one of used
 (ref > 0), cached (ref == 0, holds a registered prefix hash) or free (ref == 0, no hash), so
 used + cached + free == total; a block in the free queue has ref 0; a block with a hash is in
-`_hash_to_block` under that hash. See docs/design/kernel.md for the design.
+`_hash_to_block` under that hash. A hash chain starts from its process's cache namespace, so a
+block is found only by processes of the same namespace (one owner, one salt, or everyone under
+the global scope). See docs/design/kernel.md for the design.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 _NO_HASH = b""
+GLOBAL_NAMESPACE = b""  # the seed of chains everyone shares (scope "global"; pools in tests)
+PrefixCacheScope = Literal["user", "global"]
+_NAMESPACE_PERSON = b"llmos-prefix-ns"
 
 
 def chain_hash(parent: bytes, token_ids: Sequence[int]) -> bytes:
@@ -22,6 +28,26 @@ def chain_hash(parent: bytes, token_ids: Sequence[int]) -> bytes:
     h = hashlib.blake2b(parent, digest_size=16)
     h.update(struct.pack(f"<{len(token_ids)}q", *token_ids))
     return h.digest()
+
+
+def cache_namespace(owner: str, salt: str | None = None, scope: PrefixCacheScope = "user") -> bytes:
+    """The seed of a process's block hash chain: which other processes may hit its blocks.
+
+    A shared cache lets one tenant learn another's prompt from cache hits or time to first
+    token ("I Know What You Asked", NDSS 2025), so by default each owner has its own namespace.
+    A salt names a namespace shared by everyone who sends it; scope "global" shares one
+    namespace among all owners (single-tenant deployments). The kind ("salt", "user") is
+    hashed in front of the name, so no salt can ever name a user's private namespace.
+    """
+    if salt is not None:
+        kind, name = b"salt", salt
+    elif scope == "global":
+        return GLOBAL_NAMESPACE
+    else:
+        kind, name = b"user", owner
+    # surrogatepass: a JSON string may carry a lone surrogate, which plain UTF-8 refuses
+    data = kind + b"\0" + name.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16, person=_NAMESPACE_PERSON).digest()
 
 
 @dataclass(slots=True)
@@ -66,23 +92,42 @@ class BlockPool:
     def ref_count(self, block_id: int) -> int:
         return self._ref[block_id]
 
-    def block_hashes(self, token_ids: Sequence[int], num_blocks: int | None = None) -> list[bytes]:
-        """Chained hashes of the full blocks of `token_ids` (at most `num_blocks` of them)."""
+    def block_hashes(
+        self,
+        token_ids: Sequence[int],
+        num_blocks: int | None = None,
+        *,
+        namespace: bytes = GLOBAL_NAMESPACE,
+    ) -> list[bytes]:
+        """Chained hashes of the full blocks of `token_ids` (at most `num_blocks` of them), the
+        chain seeded by `namespace`."""
         hashes: list[bytes] = []
         n = len(token_ids) // self.block_size
-        self.extend_hashes(hashes, token_ids, n if num_blocks is None else min(num_blocks, n))
+        num = n if num_blocks is None else min(num_blocks, n)
+        self.extend_hashes(hashes, token_ids, num, namespace=namespace)
         return hashes
 
-    def extend_hashes(self, hashes: list[bytes], token_ids: Sequence[int], num_blocks: int) -> None:
-        """Append the chained hashes of blocks len(hashes)..num_blocks-1 to `hashes`."""
+    def extend_hashes(
+        self,
+        hashes: list[bytes],
+        token_ids: Sequence[int],
+        num_blocks: int,
+        *,
+        namespace: bytes = GLOBAL_NAMESPACE,
+    ) -> None:
+        """Append the chained hashes of blocks len(hashes)..num_blocks-1 to `hashes`; an empty
+        `hashes` starts the chain from `namespace`."""
         bs = self.block_size
-        parent = hashes[-1] if hashes else _NO_HASH
+        parent = hashes[-1] if hashes else namespace
         for i in range(len(hashes), num_blocks):
             parent = chain_hash(parent, token_ids[i * bs : (i + 1) * bs])
             hashes.append(parent)
 
-    def find_cached_prefix(self, token_ids: Sequence[int]) -> list[int]:
-        """Blocks holding the longest cached prefix of `token_ids` (not yet referenced).
+    def find_cached_prefix(
+        self, token_ids: Sequence[int], *, namespace: bytes = GLOBAL_NAMESPACE
+    ) -> list[int]:
+        """Blocks holding the longest prefix of `token_ids` cached in `namespace` (not yet
+        referenced).
 
         The block holding the last token is never returned: its logits must be computed, so
         that token's KV is written, and a shared block is never written into.
@@ -91,7 +136,7 @@ class BlockPool:
             return []
         max_blocks = (len(token_ids) - 1) // self.block_size
         found: list[int] = []
-        for h in self.block_hashes(token_ids, max_blocks):
+        for h in self.block_hashes(token_ids, max_blocks, namespace=namespace):
             block_id = self._hash_to_block.get(h)
             if block_id is None:
                 break

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from llmos.errors import InvalidRequest
 
 MAX_LOGPROBS = 20
+MAX_CACHE_SALT_CHARS = 256
 
 
 @dataclass(slots=True)
@@ -20,6 +21,8 @@ class SamplingParams:
     `temperature == 0` is greedy. `max_tokens=None` means "until the context is full".
     `logprobs=k` returns, per generated token, a {token_id: logprob} dict holding the chosen
     token and the k most likely ones (k=0: the chosen token only).
+    `cache_salt` is not about sampling but rides along with the prompt: processes sending the
+    same salt share cached prefixes whoever owns them (none: the owner's own prefix cache).
     """
 
     max_tokens: int | None = 16
@@ -37,6 +40,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     min_tokens: int = 0
+    cache_salt: str | None = None
 
     @property
     def is_greedy(self) -> bool:
@@ -74,6 +78,15 @@ class SamplingParams:
             f"must be between 0 and {MAX_LOGPROBS}",
         )
         _check(self.min_tokens >= 0, "min_tokens", "must be >= 0")
+        _check(
+            self.cache_salt is None
+            or (
+                isinstance(self.cache_salt, str)
+                and 1 <= len(self.cache_salt) <= MAX_CACHE_SALT_CHARS
+            ),
+            "cache_salt",
+            f"must be a string of 1 to {MAX_CACHE_SALT_CHARS} characters",
+        )
         _check(
             all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"
         )

@@ -80,6 +80,7 @@ class Process:
     prompt_token_ids: list[int]
     params: SamplingParams
     owner: str = "local"
+    cache_namespace: bytes = b""  # seeds its block hash chain (memory.cache_namespace); b"": global
     model: str = ""
     priority: Priority = Priority.NORMAL
     state: ProcessState = ProcessState.WAITING

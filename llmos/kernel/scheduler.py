@@ -161,7 +161,7 @@ class Scheduler:
         if proc in batch.preempted:
             return False  # preempted this very tick: retry next tick
         is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
-        cached = self.pool.find_cached_prefix(proc.token_ids)
+        cached = self.pool.find_cached_prefix(proc.token_ids, namespace=proc.cache_namespace)
         num_cached_tokens = len(cached) * self.pool.block_size
         n = min(proc.num_tokens - num_cached_tokens, budget)
         need = self.blocks_for(num_cached_tokens + n) - len(cached)
@@ -242,7 +242,7 @@ class Scheduler:
         full = proc.num_computed_tokens // self.pool.block_size
         start = self._num_registered.get(proc.pid, 0)
         if len(hashes) < full:
-            self.pool.extend_hashes(hashes, proc.token_ids, full)
+            self.pool.extend_hashes(hashes, proc.token_ids, full, namespace=proc.cache_namespace)
         for i in range(start, full):
             self.pool.register(proc.block_table[i], hashes[i])
         self._num_registered[proc.pid] = full

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmos.kernel.memory import BlockPool
+from llmos.kernel.memory import GLOBAL_NAMESPACE, BlockPool, cache_namespace
 
 
 def test_allocate_and_free_returns_every_block():
@@ -75,3 +75,39 @@ def test_disabled_prefix_cache_never_hits():
         pool.register(b, h)
     pool.free(blocks)
     assert pool.find_cached_prefix([1, 2, 3, 4, 5]) == []
+
+
+def test_namespaces_keep_cached_prefixes_apart():
+    pool = BlockPool(16, 4)
+    tokens = list(range(12))
+    alice, bob = cache_namespace("alice"), cache_namespace("bob")
+    blocks = pool.allocate(3)
+    for b, h in zip(blocks, pool.block_hashes(tokens, namespace=alice), strict=True):
+        pool.register(b, h)
+    pool.free(blocks)
+    assert pool.find_cached_prefix(tokens + [99], namespace=alice) == blocks
+    assert pool.find_cached_prefix(tokens + [99], namespace=bob) == []
+    assert pool.find_cached_prefix(tokens + [99]) == []  # the global namespace
+    # the namespace seeds the whole chain: no block of bob's chain equals one of alice's
+    assert not set(pool.block_hashes(tokens, namespace=bob)) & set(
+        pool.block_hashes(tokens, namespace=alice)
+    )
+    pool.check_invariants()
+
+
+def test_a_salt_is_shared_across_owners_and_never_names_a_user():
+    assert cache_namespace("alice", "team") == cache_namespace("bob", "team")
+    assert cache_namespace("alice", "team") != cache_namespace("alice", "team2")
+    assert cache_namespace("alice") != cache_namespace("bob")
+    assert cache_namespace("alice") == cache_namespace("alice")
+    # no salt reaches a user's private namespace, however it is spelled
+    for salt in ("alice", "user:alice", "user\0alice", "\0alice", "salt\0alice"):
+        assert cache_namespace("bob", salt) != cache_namespace("alice")
+    assert cache_namespace("bob", "\ud800") != cache_namespace("bob")  # lone surrogate: no error
+
+
+def test_global_scope_shares_one_namespace_but_a_salt_still_separates():
+    assert cache_namespace("alice", scope="global") == cache_namespace("bob", scope="global")
+    assert cache_namespace("alice", scope="global") == GLOBAL_NAMESPACE
+    assert cache_namespace("alice", "team", scope="global") == cache_namespace("bob", "team")
+    assert cache_namespace("alice", "team", scope="global") != GLOBAL_NAMESPACE

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmos.kernel.memory import BlockPool
+from llmos.kernel.memory import BlockPool, cache_namespace
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, Process, ProcessState
 from llmos.kernel.scheduler import Scheduler
@@ -29,9 +29,13 @@ class Sim:
         self.next_pid = 1
         self.budget = budget
 
-    def submit(self, prompt, max_tokens, priority=Priority.NORMAL):
+    def submit(self, prompt, max_tokens, priority=Priority.NORMAL, namespace=b""):
         p = Process(
-            self.next_pid, list(prompt), SamplingParams(max_tokens=max_tokens), priority=priority
+            self.next_pid,
+            list(prompt),
+            SamplingParams(max_tokens=max_tokens),
+            priority=priority,
+            cache_namespace=namespace,
         )
         self.next_pid += 1
         self.procs[p.pid] = p
@@ -41,17 +45,25 @@ class Sim:
     def step(self):
         batch = self.sched.schedule()
         assert batch.num_tokens <= self.budget
+        self.before_compute(batch)
         for item in batch.items:
             p = item.proc
             assert p.state is ProcessState.RUNNING
             needed = -(-(p.num_computed_tokens + item.num_new_tokens) // self.pool.block_size)
             assert len(p.block_table) >= needed
             self.sched.on_computed(item)
+            self.after_compute(item)
             if item.needs_logits:
                 p.token_ids.append(1000 + p.num_output_tokens)
                 if p.num_output_tokens >= p.params.max_tokens:
                     self.sched.finish(p, ProcessState.FINISHED_LENGTH)
         return batch
+
+    def before_compute(self, batch):
+        """Hook: the batch is scheduled, nothing computed yet."""
+
+    def after_compute(self, item):
+        """Hook: `item.proc` has computed its scheduled tokens."""
 
     def kill(self, pid):
         p = self.procs[pid]
@@ -174,3 +186,68 @@ def test_random_workloads_never_leak_blocks(seed, caching, swap_slots):
     assert s.num_used + s.num_cached + s.num_free == s.num_total
     assert sim.swap.num_used == 0
     assert all(p.state.is_terminal for p in sim.procs.values())
+
+
+class WriterSim(Sim):
+    """A Sim that remembers which cache namespace wrote each block's KV and checks, every tick,
+    that a process only ever reads KV written in its own namespace: a prefix-cache hit, a swap-in
+    or a recompute that crossed namespaces shows up as a foreign writer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.writer: dict[int, bytes] = {}
+        self.num_shared_reads = 0
+
+    def before_compute(self, batch):
+        bs = self.pool.block_size
+        swapped_in = {block for _, block in batch.swap_in}
+        for item in batch.items:
+            p = item.proc
+            for b in p.block_table:
+                if b in swapped_in:  # its own KV, copied back from the swap area
+                    self.writer[b] = p.cache_namespace
+            for b in p.block_table[: -(-p.num_computed_tokens // bs)]:
+                assert self.writer.get(b) == p.cache_namespace, (
+                    f"pid {p.pid} reads block {b}, written in another cache namespace"
+                )
+                self.num_shared_reads += self.pool.ref_count(b) > 1
+
+    def after_compute(self, item):
+        p, bs = item.proc, self.pool.block_size
+        first = (p.num_computed_tokens - item.num_new_tokens) // bs
+        for b in p.block_table[first : -(-p.num_computed_tokens // bs)]:
+            self.writer[b] = p.cache_namespace
+
+
+def test_random_workloads_never_read_kv_across_cache_namespaces():
+    """Owners (and one salt) send the same prompts under memory pressure, priorities and
+    swap/recompute preemption; hits happen only within a namespace."""
+    namespaces = [cache_namespace(o) for o in ("alice", "bob")] + [cache_namespace("x", "team")]
+    num_hits = num_shared_reads = num_swap_outs = num_recomputes = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        sim = WriterSim(
+            num_blocks=rng.randint(12, 40),
+            block_size=rng.choice([2, 4]),
+            budget=rng.randint(8, 48),
+            swap_slots=rng.choice([0, 8, 64]),
+        )
+        capacity = sim.pool.num_blocks * sim.pool.block_size
+        prompts = [[rng.randrange(50) for _ in range(rng.randint(6, 20))] for _ in range(3)]
+        for _ in range(60):
+            if rng.random() < 0.4:
+                prompt = rng.choice(prompts) + [rng.randrange(50) for _ in range(rng.randint(1, 3))]
+                max_tokens = rng.randint(1, 12)
+                if len(prompt) + max_tokens <= capacity // 2:
+                    ns = rng.choice(namespaces)
+                    sim.submit(prompt, max_tokens, rng.choice(list(Priority)), namespace=ns)
+            else:
+                sim.step()
+            sim.check()
+        sim.run_to_end()
+        num_hits += sim.pool.num_hits
+        num_shared_reads += sim.num_shared_reads
+        num_swap_outs += sim.sched.num_swap_outs
+        num_recomputes += sim.sched.num_recomputes
+    # not vacuous: the cache hit within namespaces, blocks were shared, both preemption paths ran
+    assert num_hits > 0 and num_shared_reads > 0 and num_swap_outs > 0 and num_recomputes > 0
