@@ -74,7 +74,6 @@ class MemoryConfig(BaseModel):
     )
 
 
-
 class StorageConfig(BaseModel):
     """Where llmos keeps its data."""
 

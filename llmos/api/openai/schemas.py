@@ -78,6 +78,13 @@ class SamplingFields(_Lenient):
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(None, ge=0)
     stop_token_ids: list[int] | None = None
+    cache_salt: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Share cached prompt prefixes with every request sending the same salt "
+        "(by default they are private to your user); keep it secret to the group sharing it.",
+    )
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:

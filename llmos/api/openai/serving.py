@@ -117,6 +117,7 @@ def sampling_params(
         ignore_eos=bool(req.ignore_eos),
         logprobs=logprobs,
         min_tokens=req.min_tokens or 0,
+        cache_salt=req.cache_salt,
     )
     return params
 
