@@ -39,12 +39,30 @@ def _start(*args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _kill_after(proc: subprocess.Popen[str], delay_s: float) -> list[tuple[str, str, str]]:
-    """SIGKILL after `delay_s`; the driver's lines as (begin|done, op, name)."""
-    time.sleep(delay_s)
+def _parse(text: str) -> list[tuple[str, str, str]]:
+    return [(w[0], w[1], w[2]) for w in (line.split() for line in text.splitlines()) if w]
+
+
+def _kill_when(
+    proc: subprocess.Popen[str], *, num_acked: int, delay_s: float, into_next: bool = True
+) -> list[tuple[str, str, str]]:
+    """SIGKILL once the driver has acknowledged `num_acked` operations (and, with `into_next`,
+    announced the next one), `delay_s` later; the driver's lines as (begin|done, op, name)."""
+    assert proc.stdout is not None
+    lines: list[tuple[str, str, str]] = []
+
+    def waiting() -> bool:
+        if sum(kind == "done" for kind, _, _ in lines) < num_acked:
+            return True
+        return into_next and (not lines or lines[-1][0] != "begin")
+
+    while waiting():
+        line = proc.stdout.readline()
+        assert line, f"driver ended early (rc={proc.wait()}) after {lines}"
+        lines += _parse(line)
+    time.sleep(delay_s)  # where in the operation the kill lands; nothing asserts on time
     proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate()
-    return [(w[0], w[1], w[2]) for w in (line.split() for line in out.splitlines()) if w]
+    return lines + _parse(proc.communicate()[0])
 
 
 def _split(
@@ -79,25 +97,33 @@ def test_kill_during_import_leaves_model_absent_or_complete(tmp_path):
     storage.gc()
     rng = random.Random(1234)
     outcomes = {"absent": 0, "complete": 0}
-    for _ in range(NUM_IMPORT_KILLS):
+    num_acked = 0
+    for kill_idx in range(NUM_IMPORT_KILLS):
         proc = _start("import", str(home), str(src), "m")
-        acked, _ = _split(_kill_after(proc, rng.uniform(0, duration_s * 1.2)))
+        if kill_idx % 4 == 3:  # right after the acknowledgement: the import must survive
+            acked, _ = _split(_kill_when(proc, num_acked=1, delay_s=0, into_next=False))
+            assert acked == [("import", "m")]
+        else:
+            acked, _ = _split(_kill_when(proc, num_acked=0, delay_s=rng.uniform(0, duration_s)))
+        num_acked += len(acked)
         storage = _open(home)  # "restart": start-up cleanup runs here
         registry = Registry(storage)
         assert _temps(home) == []
+        if acked:
+            assert registry.exists("m"), "an acknowledged import was lost"
         if registry.exists("m"):
             outcomes["complete"] += 1
             assert [r.is_ok for r in registry.verify("m")] == [True]
             assert registry.resolve("m").read_bytes() == src.read_bytes()
             registry.remove("m")
         else:
-            assert acked == []
             outcomes["absent"] += 1
         storage.gc()
         assert storage.disk_usage_bytes() == baseline
         assert storage.db.integrity_check() == "ok"
         storage.close()
-    print(f"import kills: {outcomes}, import takes {duration_s:.2f}s")
+    assert num_acked >= NUM_IMPORT_KILLS // 4
+    print(f"import kills: {outcomes}, acknowledged: {num_acked}, import takes {duration_s:.2f}s")
 
 
 def test_kill_during_writer_loop_keeps_every_acknowledged_operation(tmp_path):
@@ -109,12 +135,18 @@ def test_kill_during_writer_loop_keeps_every_acknowledged_operation(tmp_path):
     write_chat_jsonl(files / "data.jsonl", 50)
     rng = random.Random(99)
     total_acked = 0
+    min_acked = 0
     for round_idx in range(NUM_WRITER_KILLS):
         proc = _start("writer", str(home), str(files), f"r{round_idx}")
+        # Kill once a random number of operations were acknowledged, somewhere inside the next.
         # The operation in flight at the kill may have taken effect without its acknowledgement
         # (e.g. a remove committed just before the kill): its target may be either way, but
         # must be whole if present. Every acknowledged operation must hold.
-        acked, in_flight = _split(_kill_after(proc, rng.uniform(0.2, 2.0)))
+        want = rng.randint(1, 10)
+        lines = _kill_when(proc, num_acked=want, delay_s=rng.uniform(0, 0.2))
+        acked, in_flight = _split(lines)
+        assert len(acked) >= want, lines
+        min_acked += want
         storage = _open(home)
         registry, datasets = Registry(storage), Datasets(storage)
         assert storage.db.integrity_check() == "ok", acked
@@ -139,4 +171,5 @@ def test_kill_during_writer_loop_keeps_every_acknowledged_operation(tmp_path):
     storage.gc()
     referenced = storage.referenced_digests()
     assert storage.blobs.digests() == referenced
+    assert total_acked >= min_acked >= NUM_WRITER_KILLS
     print(f"writer kills: {NUM_WRITER_KILLS}, acknowledged operations checked: {total_acked}")
