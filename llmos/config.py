@@ -26,6 +26,29 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "llmos"
 
 
+# The share of usable RAM the resident models may take when `kernel.memory_budget_bytes` is 0;
+# the rest is for Python, activations, the page cache and whatever else runs on the host.
+DEFAULT_MEMORY_BUDGET_FRACTION = 0.8
+_CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def physical_memory_bytes() -> int:
+    """Usable RAM: the host's physical memory, or the container's cgroup limit when lower (the
+    limit is what the OOM killer enforces)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _CGROUP_MEMORY_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 class KernelConfig(BaseModel):
     """The engine tick and its scheduler."""
 
@@ -54,6 +77,20 @@ class KernelConfig(BaseModel):
         description="Most models resident at once (each with its own KV pool); loading another "
         "unloads the least recently used idle one.",
     )
+    memory_budget_bytes: int = Field(
+        0,
+        ge=0,
+        description="Host memory the resident models may use together (weights + KV pool + "
+        "swap); 0 = 80% of physical RAM (or of the cgroup memory limit, if lower).",
+    )
+
+    def memory_budget(self, total_ram_bytes: int | None = None) -> int:
+        """The memory budget in bytes: `memory_budget_bytes`, or when that is 0 the default
+        fraction of `total_ram_bytes` (this host's usable RAM when not given)."""
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        total = physical_memory_bytes() if total_ram_bytes is None else total_ram_bytes
+        return int(total * DEFAULT_MEMORY_BUDGET_FRACTION)
 
 
 class MemoryConfig(BaseModel):
@@ -86,6 +123,12 @@ class StorageConfig(BaseModel):
     )
     lock_timeout_s: float = Field(
         30.0, ge=0, description="How long gc and restore wait for running imports to finish."
+    )
+    min_free_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Free space on the data dir's file system below which the disk counts as "
+        "almost full (`llmos doctor` fails).",
     )
 
 

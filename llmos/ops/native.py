@@ -34,15 +34,28 @@ def _cache_dir() -> Path:
     return Path(base) / "llmos" / "kernels"
 
 
-def _build(target: Path) -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+def library_path() -> Path:
+    """Where the library built from these sources and flags lives (it may not exist yet)."""
+    code = b"".join(src.read_bytes() for src in _SOURCES)
+    digest = hashlib.sha256(code + " ".join(_FLAGS).encode()).hexdigest()
+    return _cache_dir() / f"llmos_kernels-{digest[:16]}.so"
+
+
+def compiler() -> str | None:
+    """The C compiler the kernels are built with ($CC, else cc or gcc on PATH), if any."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(target: Path) -> None:
+    """Compile the kernels into `target` (atomically); raises when they do not compile."""
+    compiler_path = compiler()
+    if compiler_path is None:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *_FLAGS, *map(str, _SOURCES), "-o", str(out), "-lm"],
+            [compiler_path, *_FLAGS, *map(str, _SOURCES), "-o", str(out), "-lm"],
             check=True,
             capture_output=True,
             text=True,
@@ -58,12 +71,10 @@ def load() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         _tried = True
-        code = b"".join(src.read_bytes() for src in _SOURCES)
-        digest = hashlib.sha256(code + " ".join(_FLAGS).encode()).hexdigest()
-        target = _cache_dir() / f"llmos_kernels-{digest[:16]}.so"
+        target = library_path()
         try:
             if not target.exists():
-                _build(target)
+                build(target)
             lib = ctypes.CDLL(str(target))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             detail = getattr(e, "stderr", "") or e

@@ -5,6 +5,8 @@ committed transaction survives power loss), foreign keys on, and every transacti
 `BEGIN IMMEDIATE` so the writer lock is taken up front (no lock-upgrade deadlocks) and DDL is
 transactional. PostgreSQL is used by URL. Migrations run in one transaction under a lock, so two
 processes starting together migrate once; a database stamped by a newer llmos is refused.
+`read_only=True` opens a database for inspection (`llmos doctor`): never migrated, never written,
+and no file is created next to it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -53,8 +56,9 @@ def database_url(config: StorageConfig) -> str:
 class Database:
     """An engine plus a session factory for one metadata database.
 
-    `Database(url_or_config)` connects and applies migrations (unless `migrate=False`);
-    `with db.session() as s:` gives a session committed on success, rolled back on error.
+    `Database(url_or_config)` connects and applies migrations (unless `migrate=False` or
+    `read_only=True`); `with db.session() as s:` gives a session committed on success, rolled
+    back on error.
     """
 
     def __init__(
@@ -63,18 +67,21 @@ class Database:
         *,
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
+        read_only: bool = False,
     ) -> None:
         if isinstance(url_or_config, StorageConfig):
             url = database_url(url_or_config)
             busy_timeout_ms = url_or_config.busy_timeout_ms
-            if not url_or_config.database_url:
+            if not url_or_config.database_url and not read_only:
                 DataDir(url_or_config.data_dir).ensure()
         else:
             url = url_or_config
         self.url = make_url(url)
-        self.engine = _create_engine(url, busy_timeout_ms)
+        self.is_read_only = read_only
+        create = _create_read_only_engine if read_only else _create_engine
+        self.engine = create(url, busy_timeout_ms)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if migrate:
+        if migrate and not read_only:
             self.migrate()
 
     @property
@@ -122,6 +129,10 @@ class Database:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
+    def is_known_revision(self, revision: str) -> bool:
+        """True if this llmos has a migration named `revision` (False: a newer llmos wrote it)."""
+        return not _unknown_revision(ScriptDirectory.from_config(_alembic_config()), revision)
+
     def integrity_check(self) -> str:
         """SQLite's `PRAGMA integrity_check` ("ok" when sound); "ok" on other backends."""
         if self.backend != "sqlite":
@@ -168,5 +179,36 @@ def _create_engine(url: str, busy_timeout_ms: int) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _create_read_only_engine(url: str, busy_timeout_ms: int) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            url, pool_pre_ping=True, execution_options={"postgresql_readonly": True}
+        )
+    if not parsed.database or parsed.database == ":memory:":
+        raise ValueError("a read-only database needs a SQLite file")
+    path = Path(parsed.database)
+    # A `mode=ro` reader of a WAL database creates -wal and -shm files when they are missing and
+    # leaves them behind. They exist while another process has the database open (then `mode=ro`
+    # reads its committed transactions); otherwise nobody writes and `immutable=1` opens the file
+    # without creating anything.
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    uri = f"file:{quote(str(path.resolve()))}?{mode}"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        conn.isolation_level = None  # transactions are begun below, as in `_create_engine`
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        return conn
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a reader never asks for the write lock
 
     return engine

@@ -4,6 +4,7 @@ Opening cleans up after crashes: if no other llmos process is writing (the stora
 leftover temp files and half-built cache folders are removed. `gc()` deletes blobs no manifest
 references and cache folders no model uses; it runs under the exclusive lock, so the fresh blob
 of an import still in progress in another process (not yet referenced) is never collected.
+`Storage(config, read_only=True)` (for `llmos doctor`) creates, cleans and migrates nothing.
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ class GcReport:
 class Storage:
     """The data dir's database, blobs and lock (the registry and datasets are built on it)."""
 
-    def __init__(self, config: StorageConfig, *, db: Database | None = None) -> None:
+    def __init__(
+        self, config: StorageConfig, *, db: Database | None = None, read_only: bool = False
+    ) -> None:
         self.config = config
         self.layout = DataDir(Path(config.data_dir))
-        self.layout.ensure()
-        self.db = db or Database(config)
+        if not read_only:
+            self.layout.ensure()
+        self.db = db or Database(config, read_only=read_only)
         self.blobs = BlobStore(self.layout.blobs)
         self.lock = self.layout.lock()
-        self.cleanup()
+        if not read_only:
+            self.cleanup()
 
     @classmethod
     def open(cls, config: StorageConfig | None = None) -> Storage:
