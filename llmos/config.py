@@ -235,6 +235,18 @@ class MonitorConfig(BaseModel):
 
     log_level: str = Field("INFO", description="Log level for the llmos logger.")
     log_json: bool = Field(False, description="Write logs as JSON lines.")
+    max_events: int = Field(
+        10_000, ge=1, description="Newest events the event log keeps; older ones are pruned."
+    )
+    preemption_storm_threshold: int = Field(
+        50,
+        ge=1,
+        description="Preemptions of one model within preemption_storm_window_s that make one "
+        "preemption_storm event.",
+    )
+    preemption_storm_window_s: float = Field(
+        60.0, gt=0, description="Window over which preemptions are counted for a storm."
+    )
 
 
 class ClusterConfig(BaseModel):

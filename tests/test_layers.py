@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "llmos"
 LAYERS: list[tuple[str, ...]] = [
     ("llmos.config", "llmos.errors", "llmos.log"),
     ("llmos.ops",),
-    ("llmos.monitor.metrics", "llmos.storage"),
+    ("llmos.monitor.metrics", "llmos.monitor.events", "llmos.monitor.eventlog", "llmos.storage"),
     ("llmos.models",),
     ("llmos.kernel",),
     ("llmos.jobs",),

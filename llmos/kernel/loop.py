@@ -33,6 +33,7 @@ from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
 if TYPE_CHECKING:
+    from llmos.monitor.events import PreemptionStorms
     from llmos.monitor.metrics import Metrics, ModelMetrics
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 Sink = Callable[[ProcessOutput], None]
 THROUGHPUT_WINDOW_S = 5.0
 IDLE_WAIT_S = 0.5
+STORM_CHECK_S = 1.0  # how often the driver samples preemption counters for storms
 
 
 class EngineLike(Protocol):
@@ -119,6 +121,9 @@ class EngineLoop:
         self.dead_reason: str | None = None
         self.last_tick_s = time.monotonic()
         self.last_progress_s = time.monotonic()
+        self.preemption_storms: PreemptionStorms | None = None  # set by llmos.system
+        self.storm_check_s = STORM_CHECK_S
+        self._storms_due_s = 0.0
         if engine is not None:
             self.add_engine(engine)
         if metrics is not None:
@@ -346,6 +351,23 @@ class EngineLoop:
             for engine in busy:  # round robin: one tick each per round
                 if not self._tick(engine):
                     return
+            self._watch_preemptions(busy)
+
+    def _watch_preemptions(self, busy: Sequence[object]) -> None:
+        """Feed the storm detector each busy engine's preemption counter, once a second."""
+        now_s = time.monotonic()
+        if self.preemption_storms is None or now_s < self._storms_due_s:
+            return
+        self._storms_due_s = now_s + self.storm_check_s
+        for engine in self._engines_now():
+            if engine not in busy:
+                continue
+            try:
+                count = engine.stats().num_preemptions
+            except Exception:  # a broken engine's stats must not stop the driver
+                logger.debug("stats of %s failed", engine.model_name, exc_info=True)
+                continue
+            self.preemption_storms.observe(engine.model_name, count, now_s)
 
     def _tick(self, engine: EngineLike) -> bool:
         """One tick of one engine; False once the kernel is dead."""

@@ -6,6 +6,7 @@ models keep ticking) and joins the one engine loop. Invariants: at most `max_res
 resident, the ones beyond are refused rather than loaded; a model with live processes, or pinned
 by a request being admitted, is never unloaded; concurrent requests for one model load it once and
 share the outcome, failure included; a model that fails to load leaves the others serving.
+Every load, failed load and unload is reported to the event log with its reason.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from llmos.errors import (
     Overloaded,
 )
 from llmos.kernel.loop import EngineLike, EngineLoop
+from llmos.monitor.events import EventKind, EventSink, EvictReason, NoEvents, format_duration_s
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,10 +70,18 @@ class _Resident:
 class Residency:
     """Resident models by id, loaded on demand into `loop`, LRU-unloaded beyond `max_resident`."""
 
-    def __init__(self, loop: EngineLoop, source: ModelSource, *, max_resident: int) -> None:
+    def __init__(
+        self,
+        loop: EngineLoop,
+        source: ModelSource,
+        *,
+        max_resident: int,
+        events: EventSink | None = None,
+    ) -> None:
         self.loop = loop
         self.source = source
         self.max_resident = max_resident
+        self.events: EventSink = events or NoEvents()
         self._lock = threading.Lock()
         self._resident: dict[str, _Resident] = {}
         self._aliases: dict[str, str] = {}  # other names of resident models -> id
@@ -98,6 +108,11 @@ class Residency:
             for alias in aliases:
                 if alias and alias != engine.model_name:
                     self._aliases[alias] = engine.model_name
+        self.events.record(
+            EventKind.MODEL_LOADED,
+            model=engine.model_name,
+            message=f"{engine.model_name} resident (the model the server started with)",
+        )
 
     def lookup(self, name: str) -> str | None:
         """The id of a resident model called `name` (its id or an alias), else None."""
@@ -195,6 +210,12 @@ class Residency:
         if was_resident:
             gc.collect()  # give the weights and the KV pool back now
             logger.info("model %s unloaded", model_id)
+            self.events.record(
+                EventKind.MODEL_EVICTED,
+                model=model_id,
+                message=f"{model_id} unloaded on request",
+                reason=EvictReason.UNLOAD.value,
+            )
         if then is not None:
             then()
         return was_resident
@@ -214,16 +235,20 @@ class Residency:
             self.loop.add_engine(engine)
             with self._lock:
                 self._resident[model_id] = _Resident(engine, True, time.monotonic())
-            logger.info(
-                "model %s resident (loaded in %.1f s)", model_id, time.monotonic() - started_s
+            load_s = time.monotonic() - started_s
+            logger.info("model %s resident (loaded in %.1f s)", model_id, load_s)
+            self.events.record(
+                EventKind.MODEL_LOADED,
+                model=model_id,
+                message=f"{model_id} loaded in {load_s:.1f} s",
+                load_s=round(load_s, 3),
             )
             return engine
         finally:
             with self._lock:
                 self._loading.pop(model_id, None)
 
-    @staticmethod
-    def _guarded(model_id: str, fn: Callable[[], T]) -> T:
+    def _guarded(self, model_id: str, fn: Callable[[], T]) -> T:
         """`fn()`, its failure reported as the model being unavailable (or gone)."""
         try:
             return fn()
@@ -235,17 +260,27 @@ class Residency:
             ) from None
         except LlmosError as exc:
             logger.error("model %s failed to load: %s", model_id, exc)
+            self._load_failed(model_id, exc.message, exc.code)
             raise _unavailable(model_id, exc.message, exc.hint) from exc
         except Exception as exc:
             logger.exception("model %s failed to load", model_id)
+            self._load_failed(model_id, f"{type(exc).__name__}: {exc}", "internal_error")
             raise _unavailable(model_id, f"{type(exc).__name__}: {exc}", None) from exc
+
+    def _load_failed(self, model_id: str, what: str, code: str) -> None:
+        self.events.record(
+            EventKind.MODEL_LOAD_FAILED,
+            model=model_id,
+            message=f"{model_id} could not be loaded: {what}",
+            code=code,
+        )
 
     def _make_room(self, model_id: str) -> None:
         """Unload least recently used idle models until one more fits, or raise Overloaded."""
         for rid, r in list(self._resident.items()):
             if r.is_reloadable is None:
                 r.is_reloadable = self.source.find(rid) == rid
-        freed = False
+        freed: list[tuple[str, float]] = []  # (model id, idle seconds)
         with self._lock:
             while len(self._resident) >= self.max_resident:
                 idle = sorted(
@@ -265,9 +300,19 @@ class Residency:
                         hint="retry when a resident model is idle, or raise "
                         "kernel.max_resident_models",
                     )
+                freed.append((victim, time.monotonic() - self._resident[victim].last_used_s))
                 self._forget(victim)
-                freed = True
                 logger.info("model %s unloaded (least recently used) to load %s", victim, model_id)
+        for victim, idle_s in freed:
+            self.events.record(
+                EventKind.MODEL_EVICTED,
+                model=victim,
+                message=f"{victim} unloaded to make room for {model_id} "
+                f"(least recently used: idle {format_duration_s(idle_s)})",
+                reason=EvictReason.LRU.value,
+                for_model=model_id,
+                idle_s=round(idle_s, 1),
+            )
         if freed:
             gc.collect()  # give the unloaded weights and KV pool back before loading more
 
