@@ -77,6 +77,40 @@ class KernelConfig(BaseModel):
         description="Most models resident at once (each with its own KV pool); loading another "
         "unloads the least recently used idle one.",
     )
+    watchdog_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="A tick that has not returned after this long marks the engine stalled: "
+        "/ready answers 503 engine_stalled, thread stacks go to the log, live streams end with "
+        "an error (0 = no watchdog).",
+    )
+    watchdog_exit_s: float = Field(
+        300.0,
+        ge=0,
+        description="A tick still stuck after this long makes the server exit with status 70 so "
+        "systemd or Kubernetes restarts it (0 = never exit).",
+    )
+    engine_max_failures: int = Field(
+        3,
+        ge=1,
+        description="Failed ticks of one model within engine_failure_window_s that rebuild its "
+        "engine (fresh KV pool, model reloaded); a single failure fails only its batch.",
+    )
+    engine_failure_window_s: float = Field(
+        60.0, gt=0, description="The window for engine_max_failures and engine_max_restarts."
+    )
+    engine_max_restarts: int = Field(
+        3,
+        ge=1,
+        description="Rebuilds of one engine within engine_failure_window_s that mark a crash "
+        "loop: the model is refused (503 engine_crashloop) for engine_crashloop_cooldown_s.",
+    )
+    engine_crashloop_cooldown_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a crash-looping model is refused before a request may load it "
+        "again.",
+    )
     memory_budget_bytes: int = Field(
         0,
         ge=0,
@@ -144,6 +178,11 @@ class ApiConfig(BaseModel):
         "smollm2",
         description="Model resident from the start (registry name, path or default); requests "
         "may name any registry model.",
+    )
+    enable_fault_injection: bool = Field(
+        False,
+        description="Test-only: mount POST /os/debug/faults, which makes a model's ticks fail or "
+        "hang; `llmos serve` refuses it unless LLMOS_TESTING=1 and the host is loopback.",
     )
 
 

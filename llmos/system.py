@@ -158,17 +158,31 @@ def build_serving(
     `engine` draws its pids from (engines loaded later share it, so a pid names one process)."""
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.residency import Residency
+    from llmos.kernel.supervisor import Supervisor, SupervisorPolicy
     from llmos.monitor.metrics import Metrics
 
+    k = settings.kernel
     metrics = Metrics()
     loop = EngineLoop(
         max_running=settings.kernel.max_num_seqs,
         max_waiting=settings.api.max_queue,
         metrics=metrics,
         pids=pids,
+        watchdog_timeout_s=k.watchdog_timeout_s,
+        watchdog_exit_s=k.watchdog_exit_s,
     )
     source = RegistrySource(settings)
-    residency = Residency(loop, source, max_resident=settings.kernel.max_resident_models)
+    supervisor = Supervisor(
+        SupervisorPolicy(
+            max_failures=k.engine_max_failures,
+            failure_window_s=k.engine_failure_window_s,
+            max_restarts=k.engine_max_restarts,
+            crashloop_cooldown_s=k.engine_crashloop_cooldown_s,
+        )
+    )
+    residency = Residency(
+        loop, source, max_resident=settings.kernel.max_resident_models, supervisor=supervisor
+    )
     names = {a for a in aliases if a} | {settings.api.model}
     # A start model read from a path (or a package outside the registry) cannot be reloaded by
     # name, so it is never unloaded.

@@ -90,6 +90,10 @@ def create_app(
     register_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.api.enable_fault_injection:
+        from llmos.api.os import debug
+
+        app.include_router(debug.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     return app
 

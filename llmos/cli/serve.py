@@ -49,6 +49,7 @@ def serve(
     api = settings.api.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = settings.model_copy(update={"api": type(api).model_validate(api.model_dump())})
     settings = _with_security(settings, auth, tls_cert, tls_key)
+    _check_fault_injection(settings)
     setup_logging(settings.monitor.log_level, json_lines=settings.monitor.log_json)
     if settings.security.redact:
         from llmos.security.redact import install_log_redaction
@@ -72,6 +73,25 @@ def _with_security(
     sec = settings.security.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     sec = type(sec).model_validate(sec.model_dump())
     return settings.model_copy(update={"security": sec})
+
+
+def _check_fault_injection(settings: Settings) -> None:
+    """The test-only fault hook never reaches a production server."""
+    import os
+
+    from llmos.errors import InvalidRequest
+    from llmos.security.transport import is_loopback_host
+
+    if not settings.api.enable_fault_injection:
+        return
+    if os.environ.get("LLMOS_TESTING") != "1" or not is_loopback_host(settings.api.host):
+        raise InvalidRequest(
+            "api.enable_fault_injection is a test-only hook that lets a client break the "
+            "engine; refusing to serve with it",
+            code="fault_injection_refused",
+            hint="unset LLMOS_API__ENABLE_FAULT_INJECTION (tests set LLMOS_TESTING=1 and bind "
+            "127.0.0.1)",
+        )
 
 
 def _prepare_security(settings: Settings) -> Path | None:

@@ -8,6 +8,7 @@ enters the kernel leaves it through exactly one finished ProcessOutput.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -19,18 +20,22 @@ import torch
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
 from llmos.kernel.memory import BlockPool, cache_namespace
-from llmos.kernel.outputs import EngineStats, ProcessOutput
+from llmos.kernel.outputs import EngineStats, ProcessOutput, TickFailed
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.sampler import Sampler
-from llmos.kernel.scheduler import Scheduler
+from llmos.kernel.scheduler import Batch, Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
 from llmos.models.registry import CausalLM
 from llmos.ops.cpu import KVCache
 
 logger = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """The failure a test-only fault hook raises inside a tick."""
 
 
 def set_compute_threads(num_threads: int) -> None:
@@ -95,10 +100,13 @@ class Engine:
         eos = list(getattr(tokenizer, "eos_token_ids", None) or c.eos_token_ids)
         self.eos_token_ids = eos
         self.sampler = Sampler(c.vocab_size, eos, seed=kernel.seed)
-        self.table = ProcessTable(pids)
+        self.pids: Iterator[int] = pids if pids is not None else itertools.count(1)
+        self.table = ProcessTable(self.pids)
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._trackers: dict[int, OutputTracker] = {}
         self._counters = collections.Counter[str]()
+        # Test-only faults (kind, hang_s) armed by the driver (`EngineLoop.arm_fault`).
+        self.faults: collections.deque[tuple[str, float]] = collections.deque()
         self._lock = threading.Lock()
         logger.info(
             "model %s resident: %d KV blocks of %d tokens (%.0f MiB), %d swap blocks",
@@ -184,29 +192,79 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self._inbox) or self.scheduler.num_unfinished > 0
 
+    @property
+    def name(self) -> str:
+        """The name the driver ticks this engine by (the model's)."""
+        return self.model_name
+
+    def rebuild(self) -> Engine:
+        """A fresh engine (new KV pool, scheduler, process table) around the same weights."""
+        return Engine(
+            self.model,
+            self.tokenizer,
+            model_name=self.model_name,
+            chat_template=self.chat_template,
+            kernel=self.kernel_config,
+            memory=self.memory_config,
+            pids=self.pids,
+        )
+
     # ---- the tick (driver thread only) ---------------------------------------------------
     def step(self) -> list[ProcessOutput]:
         """Run one tick and return what each process produced in it."""
         with self._lock:
             outputs = self._drain_inbox()
             batch = self.scheduler.schedule()
-            if batch.items:
-                logits, sampled = self.runner.run(batch)
-                for item in batch.items:
-                    proc = item.proc
-                    prompt_left = max(0, proc.num_prompt_tokens - proc.num_computed_tokens)
-                    self._counters["prompt_tokens"] += min(prompt_left, item.num_new_tokens)
-                    self.scheduler.on_computed(item)
-                    if proc.first_scheduled_s is None:
-                        proc.first_scheduled_s = time.time()
-                if sampled:
-                    result = self.sampler.sample(logits, [i.proc for i in sampled])
-                    for item, tok, lp in zip(
-                        sampled, result.token_ids, result.logprobs, strict=True
-                    ):
-                        outputs.append(self._append_token(item.proc, tok, lp))
             self._counters["ticks"] += 1
+            if batch.items:
+                try:
+                    self._fault_point()
+                    outputs.extend(self._run_batch(batch))
+                except Exception as exc:
+                    # Only this batch's processes fail; the waiting ones and the pool are intact.
+                    error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("tick of %s failed; failing its batch", self.model_name)
+                    outputs.extend(self._fail_batch(batch, error))
+                    raise TickFailed(error, outputs) from exc
             return outputs
+
+    def _run_batch(self, batch: Batch) -> list[ProcessOutput]:
+        outputs: list[ProcessOutput] = []
+        logits, sampled = self.runner.run(batch)
+        for item in batch.items:
+            proc = item.proc
+            prompt_left = max(0, proc.num_prompt_tokens - proc.num_computed_tokens)
+            self._counters["prompt_tokens"] += min(prompt_left, item.num_new_tokens)
+            self.scheduler.on_computed(item)
+            if proc.first_scheduled_s is None:
+                proc.first_scheduled_s = time.time()
+        if sampled:
+            result = self.sampler.sample(logits, [i.proc for i in sampled])
+            for item, tok, lp in zip(sampled, result.token_ids, result.logprobs, strict=True):
+                outputs.append(self._append_token(item.proc, tok, lp))
+        return outputs
+
+    def _fail_batch(self, batch: Batch, error: str) -> list[ProcessOutput]:
+        """End every still-live process of a failed batch with `error`, freeing its blocks."""
+        failed = []
+        for item in batch.items:
+            proc = item.proc
+            if proc.state.is_terminal or self.table.get(proc.pid) is None:
+                continue  # it finished before the failure (e.g. its token was already out)
+            out = ProcessOutput(proc.pid, [], "", error=error)
+            failed.append(self._finish(proc, ProcessState.FAILED, out))
+        self._counters["failed_ticks"] += 1
+        return failed
+
+    def _fault_point(self) -> None:
+        """Test-only: the next armed fault fails (`error`) or blocks (`hang`) this tick."""
+        if not self.faults:
+            return
+        kind, hang_s = self.faults.popleft()
+        if kind == "hang":
+            time.sleep(hang_s)
+        else:
+            raise InjectedFault("injected fault (test-only hook)")
 
     def _drain_inbox(self) -> list[ProcessOutput]:
         outputs: list[ProcessOutput] = []

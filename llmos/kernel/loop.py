@@ -11,6 +11,14 @@ returns until its finished output is dispatched; pids are unique across engines 
 loop's `pids` counter); the number of live processes over all engines never exceeds
 `max_running + max_waiting`; once the kernel is dead every live subscriber has received a
 finished output with `finish_reason="error"` and every later submission raises `KernelDead`.
+
+Failures stay where they happen: a tick that raises fails the processes of its batch (the engine
+reports them in `TickFailed`) or, if the engine cannot say, every process of that engine; the
+other engines keep ticking and `on_engine_failure` (the residency manager) decides whether to
+rebuild the engine. A watchdog thread marks a tick that does not return within
+`watchdog_timeout_s` as stalled: it logs every thread's stack, ends every live stream with an
+error, and past `watchdog_exit_s` exits the process with `EXIT_STALLED` so a supervisor
+(systemd, Kubernetes) restarts it.
 """
 
 from __future__ import annotations
@@ -21,14 +29,17 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from llmos.errors import KernelDead, ModelNotResident, Overloaded
-from llmos.kernel.outputs import EngineStats, ProcessOutput
+from llmos.kernel.outputs import EngineStats, ProcessOutput, TickFailed
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
@@ -39,15 +50,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Sink = Callable[[ProcessOutput], None]
+# (engine, one-line error, whether the engine's state is unknown and it must be rebuilt)
+FailureHandler = Callable[["EngineLike", str, bool], None]
 THROUGHPUT_WINDOW_S = 5.0
 IDLE_WAIT_S = 0.5
 STORM_CHECK_S = 1.0  # how often the driver samples preemption counters for storms
+EXIT_STALLED = 70  # EX_SOFTWARE: the watchdog gave up on a hung tick
+
+
+class Tickable(Protocol):
+    """Anything the driver ticks on its one compute thread (a model's engine; later a job)."""
+
+    @property
+    def name(self) -> str: ...
+    def has_work(self) -> bool: ...
+    def step(self) -> Sequence[ProcessOutput]: ...
 
 
 class EngineLike(Protocol):
     """The part of `llmos.kernel.engine.Engine` the driver uses."""
 
     model_name: str
+
+    @property
+    def name(self) -> str: ...
 
     def submit(
         self,
@@ -104,10 +130,17 @@ class EngineLoop:
         max_waiting: int,
         metrics: Metrics | None = None,
         pids: Iterator[int] | None = None,
+        watchdog_timeout_s: float = 0.0,
+        watchdog_exit_s: float = 0.0,
     ) -> None:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.metrics = metrics
+        self.watchdog_timeout_s = watchdog_timeout_s
+        self.watchdog_exit_s = watchdog_exit_s
+        self.on_engine_failure: FailureHandler | None = None
+        self.on_stall: Callable[[str, bool], None] | None = None  # (model, is_stalled)
+        self.exit_process: Callable[[int], None] = os._exit  # tests may replace it
         # Engines added later must be built with `pids=loop.pids` (kill PID finds one engine).
         self.pids: Iterator[int] = pids if pids is not None else itertools.count(1)
         self._lock = threading.Lock()
@@ -124,6 +157,11 @@ class EngineLoop:
         self.preemption_storms: PreemptionStorms | None = None  # set by llmos.system
         self.storm_check_s = STORM_CHECK_S
         self._storms_due_s = 0.0
+        self._tasks: dict[str, Tickable] = {}
+        self._faults: dict[str, collections.deque[tuple[str, float]]] = {}
+        self._tick_started_s: float | None = None
+        self._ticking: str | None = None  # the name of the engine or task in a tick
+        self.stalled: str | None = None  # the model whose tick the watchdog gave up on
         if engine is not None:
             self.add_engine(engine)
         if metrics is not None:
@@ -134,6 +172,8 @@ class EngineLoop:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmos-engine", daemon=True)
         self._thread.start()
+        if self.watchdog_timeout_s > 0:
+            threading.Thread(target=self._watch, name="llmos-watchdog", daemon=True).start()
         logger.info("engine loop started (models: %s)", ", ".join(self.model_names) or "none")
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -169,6 +209,9 @@ class EngineLoop:
             if engine.model_name in self._engines:
                 raise ValueError(f"model {engine.model_name} is already in the engine loop")
             self._engines[engine.model_name] = engine
+            armed = self._faults.get(engine.model_name)
+            if armed is not None and hasattr(engine, "faults"):
+                engine.faults = armed  # a rebuilt engine meets the same test faults
         logger.info("model %s joins the engine loop", engine.model_name)
 
     def remove_engine(self, model_name: str) -> EngineLike | None:
@@ -182,8 +225,48 @@ class EngineLoop:
         logger.info("model %s leaves the engine loop", model_name)
         return engine
 
+    def evict_engine(self, model_name: str, reason: str) -> EngineLike | None:
+        """Stop ticking a model's engine now, ending each of its live processes with an error
+        (`reason`); for an engine being rebuilt or given up. None if it is not here."""
+        with self._lock:
+            engine = self._engines.pop(model_name, None)
+            if engine is None:
+                return None
+            doomed = {pid: e for pid, e in self._live.items() if e.engine is engine}
+            for pid in doomed:
+                del self._live[pid]
+        self._fail_sinks(doomed, reason)
+        logger.warning("model %s leaves the engine loop: %s", model_name, reason)
+        return engine
+
     def engine(self, model_name: str) -> EngineLike | None:
         return self._engines.get(model_name)
+
+    def arm_fault(self, model_name: str, kind: str, count: int, hang_s: float = 0.0) -> None:
+        """Test-only (`api.enable_fault_injection`): the next `count` ticks of `model_name`
+        that run a batch fail (`error`) or block for `hang_s` (`hang`), inside the real tick;
+        the faults stay armed across engine rebuilds."""
+        if kind not in ("error", "hang"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        with self._lock:
+            armed = self._faults.setdefault(model_name, collections.deque())
+            armed.extend([(kind, hang_s)] * count)
+            engine = self._engines.get(model_name)
+            if engine is not None and hasattr(engine, "faults"):
+                engine.faults = armed
+        self._wakeup.set()
+
+    def add_task(self, task: Tickable) -> None:
+        """Tick `task` (batch work such as a fine-tuning job) between the engines' ticks."""
+        with self._lock:
+            if task.name in self._tasks:
+                raise ValueError(f"a task named {task.name} is already in the engine loop")
+            self._tasks[task.name] = task
+        self._wakeup.set()
+
+    def remove_task(self, name: str) -> Tickable | None:
+        with self._lock:
+            return self._tasks.pop(name, None)
 
     @property
     def model_names(self) -> list[str]:
@@ -255,6 +338,13 @@ class EngineLoop:
         if self.dead_reason is not None:
             raise KernelDead(
                 f"The engine stopped: {self.dead_reason}", hint="the server must be restarted"
+            )
+        if self.stalled is not None:
+            self._reject("engine_stalled", model_name)
+            raise Overloaded(
+                f"The engine is stalled: a tick of {self.stalled} has not returned.",
+                code="engine_stalled",
+                hint="retry later or against another server; see the server log",
             )
         if self.is_draining or self._stopping:
             self._reject("shutting_down", model_name)
@@ -342,14 +432,19 @@ class EngineLoop:
 
     def _run(self) -> None:
         while not self._stopping:
-            busy = [engine for engine in self._engines_now() if engine.has_work()]
+            with self._lock:
+                units: list[EngineLike | Tickable] = [
+                    *self._engines.values(),
+                    *self._tasks.values(),
+                ]
+            busy = [unit for unit in units if unit.has_work()]
             if not busy:
                 self._wakeup.wait(IDLE_WAIT_S)
                 self._wakeup.clear()
                 self.last_tick_s = time.monotonic()
                 continue
-            for engine in busy:  # round robin: one tick each per round
-                if not self._tick(engine):
+            for unit in busy:  # round robin: one tick each per round
+                if not self._tick(unit):
                     return
             self._watch_preemptions(busy)
 
@@ -369,27 +464,57 @@ class EngineLoop:
                 continue
             self.preemption_storms.observe(engine.model_name, count, now_s)
 
-    def _tick(self, engine: EngineLike) -> bool:
-        """One tick of one engine; False once the kernel is dead."""
+    def _tick(self, unit: EngineLike | Tickable) -> bool:
+        """One tick of one engine or task; False once the kernel is dead."""
+        engine = unit if self._engines.get(unit.name) is unit else None
+        self._ticking, self._tick_started_s = unit.name, time.monotonic()
         try:
-            outputs = engine.step()
-        except BaseException as exc:  # the kernel is dead: tell everyone, then stop
-            logger.exception("engine tick of %s failed; the kernel is dead", engine.model_name)
+            outputs = list(unit.step())
+        except TickFailed as exc:  # the engine failed one batch and ended its processes
+            outputs = exc.outputs
+            self._report_failure(unit, exc.error, needs_rebuild=False)
+        except Exception as exc:  # its state is unknown: end all of its processes
+            logger.exception("tick of %s failed", unit.name)
+            outputs = []
+            self._report_failure(unit, f"{type(exc).__name__}: {exc}", needs_rebuild=True)
+        except BaseException as exc:  # the driver itself is going down: tell everyone
+            logger.exception("engine tick of %s failed; the kernel is dead", unit.name)
             self._die(f"{type(exc).__name__}: {exc}")
             return False
+        finally:
+            self._tick_started_s = None
         now_s = time.monotonic()
         self.last_tick_s = now_s
-        if outputs:
+        if self.stalled is not None:
+            self._end_stall()
+        if outputs and engine is not None:
             self.last_progress_s = now_s
             self._dispatch(engine, outputs, now_s)
         return True
+
+    def _report_failure(
+        self, unit: EngineLike | Tickable, error: str, *, needs_rebuild: bool
+    ) -> None:
+        if unit.name in self._tasks:
+            logger.error("task %s failed (%s); it leaves the engine loop", unit.name, error)
+            self.remove_task(unit.name)
+            return
+        if self.metrics is not None:
+            self.metrics.model(unit.name).engine_failed()
+        if needs_rebuild:
+            self.evict_engine(unit.name, f"the engine of {unit.name} failed: {error}")
+        if self.on_engine_failure is not None:
+            try:
+                self.on_engine_failure(cast("EngineLike", unit), error, needs_rebuild)
+            except Exception:
+                logger.exception("engine failure handler failed for %s", unit.name)
 
     def _dispatch(self, engine: EngineLike, outputs: list[ProcessOutput], now_s: float) -> None:
         m = self.metrics.model(engine.model_name) if self.metrics is not None else None
         num_new_tokens = 0
         for out in outputs:
             with self._lock:
-                live = self._live.pop(out.pid) if out.finished else self._live.get(out.pid)
+                live = self._live.pop(out.pid, None) if out.finished else self._live.get(out.pid)
             if live is None:
                 continue
             num_new_tokens += len(out.new_token_ids)
@@ -407,6 +532,10 @@ class EngineLoop:
         with self._lock:
             live = dict(self._live)
             self._live.clear()
+        self._fail_sinks(live, f"kernel dead: {reason}")
+
+    def _fail_sinks(self, live: dict[int, _Live], error: str) -> None:
+        """End each of these processes' streams with an error output (they left `_live`)."""
         for pid, entry in live.items():
             with contextlib.suppress(Exception):
                 entry.sink(
@@ -416,11 +545,63 @@ class EngineLoop:
                         new_text="",
                         finished=True,
                         finish_reason="error",
-                        error=f"kernel dead: {reason}",
+                        error=error,
                     )
                 )
             if self.metrics is not None:
                 self.metrics.model(entry.engine.model_name).process_finished("error")
+
+    # ---- the watchdog thread ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        period_s = min(0.5, self.watchdog_timeout_s / 4)
+        while not self._stopping:
+            time.sleep(period_s)
+            started_s, name = self._tick_started_s, self._ticking
+            if started_s is None or name is None:
+                continue
+            stuck_s = time.monotonic() - started_s
+            if self.watchdog_exit_s > 0 and stuck_s > self.watchdog_exit_s:
+                logger.critical(
+                    "watchdog: the tick of %s has not returned for %.0f s "
+                    "(kernel.watchdog_exit_s); exiting with status %d for a restart",
+                    name,
+                    stuck_s,
+                    EXIT_STALLED,
+                )
+                for handler in logging.getLogger().handlers:
+                    with contextlib.suppress(Exception):
+                        handler.flush()
+                self.exit_process(EXIT_STALLED)
+                return
+            if stuck_s > self.watchdog_timeout_s and self.stalled is None:
+                self._begin_stall(name, stuck_s)
+
+    def _begin_stall(self, name: str, stuck_s: float) -> None:
+        """The driver is stuck in one tick: no process of any engine moves until it returns."""
+        self.stalled = name
+        logger.error(
+            "watchdog: the tick of %s has not returned for %.1f s (kernel.watchdog_timeout_s); "
+            "ending every live stream. Thread stacks:\n%s",
+            name,
+            stuck_s,
+            thread_stacks(),
+        )
+        with self._lock:
+            live = dict(self._live)
+            self._live.clear()
+        for pid, entry in live.items():
+            with contextlib.suppress(Exception):
+                entry.engine.kill(pid)  # takes effect when the tick returns
+        self._fail_sinks(live, f"the engine of {name} stalled: a tick did not return")
+        if self.on_stall is not None:
+            self.on_stall(name, True)
+
+    def _end_stall(self) -> None:
+        name, self.stalled = self.stalled, None
+        logger.warning("watchdog: the tick of %s returned; the engine ticks again", name)
+        if self.on_stall is not None and name is not None:
+            self.on_stall(name, False)
 
     # ---- asyncio hand-off -------------------------------------------------------------------
 
@@ -466,6 +647,18 @@ def _record(m: ModelMetrics | None, live: _Live, out: ProcessOutput, now_s: floa
     if out.finished and m is not None:
         m.e2e_s.observe(now_s - live.arrival_s)
         m.process_finished(out.finish_reason or "stop")
+
+
+def thread_stacks() -> str:
+    """Every Python thread's stack, for the log of a stalled tick."""
+    frames = sys._current_frames()
+    parts = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        if frame is not None:
+            stack = "".join(traceback.format_stack(frame))
+            parts.append(f"--- thread {thread.name} ---\n{stack}")
+    return "\n".join(parts)
 
 
 def sum_stats(parts: Sequence[EngineStats]) -> EngineStats:

@@ -25,6 +25,16 @@ class ProcessOutput:
     error: str | None = None
 
 
+class TickFailed(Exception):
+    """Raised by a tick whose batch failed: the engine already ended those processes (their
+    finished outputs are `outputs`, with `finish_reason="error"`) and can keep ticking."""
+
+    def __init__(self, error: str, outputs: list[ProcessOutput]) -> None:
+        super().__init__(error)
+        self.error = error
+        self.outputs = outputs
+
+
 @dataclass(slots=True)
 class EngineStats:
     """A snapshot of the kernel: memory, queues, counters since start."""

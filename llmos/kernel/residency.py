@@ -28,6 +28,7 @@ from llmos.errors import (
     Overloaded,
 )
 from llmos.kernel.loop import EngineLike, EngineLoop
+from llmos.kernel.supervisor import Action, HealthView, Supervisor
 from llmos.monitor.events import EventKind, EventSink, EvictReason, NoEvents, format_duration_s
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class ServedEngine(EngineLike, Protocol):
     tokenizer: Any
     chat_template: str | None
     max_model_len: int
+
+    def rebuild(self) -> ServedEngine:
+        """A fresh engine (new KV pool and process table) around the same weights."""
+        ...
 
 
 class ModelSource(Protocol):
@@ -77,10 +82,17 @@ class Residency:
         *,
         max_resident: int,
         events: EventSink | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.loop = loop
         self.source = source
         self.max_resident = max_resident
+        self.supervisor = supervisor or Supervisor()
+        loop.on_engine_failure = self._on_engine_failure
+        loop.on_stall = self.supervisor.set_stalled
+        # Engines of models the source cannot load again (a start model from a path), kept
+        # after a crash loop so a rebuild is possible once the cool-down ends.
+        self._parked: dict[str, ServedEngine] = {}
         self.events: EventSink = events or NoEvents()
         self._lock = threading.Lock()
         self._resident: dict[str, _Resident] = {}
@@ -131,6 +143,13 @@ class Residency:
     def is_resident(self, model_id: str) -> bool:
         return model_id in self._resident
 
+    def health(self) -> list[HealthView]:
+        """The supervisor's record of every resident model and of each one it still refuses."""
+        with self._lock:
+            names = set(self._resident)
+        names.update(self.supervisor.models())
+        return [self.supervisor.health(name) for name in sorted(names)]
+
     def engine(self, model_id: str) -> ServedEngine | None:
         """The engine of a resident model (for reading its limits), not pinned."""
         r = self._resident.get(model_id)
@@ -152,7 +171,9 @@ class Residency:
     # ---- pins: a request holds its model resident until its processes are live --------------
 
     def pin(self, model_id: str) -> ServedEngine | None:
-        """The resident engine of `model_id`, pinned (call `release`); None if not resident."""
+        """The resident engine of `model_id`, pinned (call `release`); None if not resident.
+        Raises EngineUnavailable while the model is being rebuilt or in a crash loop."""
+        self.supervisor.check_available(model_id)
         with self._lock:
             r = self._resident.get(model_id)
             if r is None:
@@ -172,6 +193,7 @@ class Residency:
     def request(self, model_id: str) -> Future[ServedEngine]:
         """A future that completes once `model_id` is resident: already done, shared with a
         load in progress, or a new load queued on the loader thread."""
+        self.supervisor.check_available(model_id)
         with self._lock:
             r = self._resident.get(model_id)
             if r is not None:
@@ -228,10 +250,16 @@ class Residency:
             if r is not None:
                 return r.engine
             started_s = time.monotonic()
-            # Checked before anything is unloaded: a corrupt model must not evict a good one.
-            self._guarded(model_id, lambda: self.source.check(model_id))
-            self._make_room(model_id)
-            engine = self._guarded(model_id, lambda: self.source.load(model_id, self.loop.pids))
+            parked = self._parked.pop(model_id, None)
+            if parked is not None:  # a start model after its crash-loop cool-down
+                self._make_room(model_id)
+                engine = parked.rebuild()
+                del parked
+            else:
+                # Checked before anything is unloaded: a corrupt model must not evict a good one.
+                self._guarded(model_id, lambda: self.source.check(model_id))
+                self._make_room(model_id)
+                engine = self._guarded(model_id, lambda: self.source.load(model_id, self.loop.pids))
             self.loop.add_engine(engine)
             with self._lock:
                 self._resident[model_id] = _Resident(engine, True, time.monotonic())
@@ -273,6 +301,70 @@ class Residency:
             model=model_id,
             message=f"{model_id} could not be loaded: {what}",
             code=code,
+        )
+
+    # ---- self-healing (failure reports come from the driver thread) --------------------------
+
+    def _on_engine_failure(self, engine: EngineLike, error: str, needs_rebuild: bool) -> None:
+        model_id = engine.model_name
+        action = self.supervisor.record_failure(model_id, error, needs_rebuild=needs_rebuild)
+        logger.error("model %s: a tick failed (%s); %s", model_id, error, action.value)
+        if action is Action.RESTART:
+            self._loader.submit(self._restart, model_id)
+        elif action is Action.CRASHLOOP:
+            self._loader.submit(self._give_up, model_id, error)
+
+    def _take_out(self, model_id: str, reason: str) -> ServedEngine | None:
+        """Evict a model's engine (ending its live processes) and drop it from the resident
+        table, keeping its aliases; returns the engine if the source cannot reload it."""
+        self.loop.evict_engine(model_id, reason)
+        with self._lock:
+            r = self._resident.pop(model_id, None)
+        if r is None:
+            return self._parked.pop(model_id, None)
+        return r.engine if r.is_reloadable is False else None
+
+    def _restart(self, model_id: str) -> None:
+        """Runs on the loader thread: evict, wait the backoff, rebuild, rejoin the loop."""
+        keep = self._take_out(model_id, f"the engine of {model_id} is restarting after failures")
+        gc.collect()
+        time.sleep(self.supervisor.health(model_id).backoff_s)
+        try:
+            if keep is not None:
+                engine = keep.rebuild()
+            else:
+                engine = self._guarded(model_id, lambda: self.source.load(model_id, self.loop.pids))
+        except Exception as exc:
+            if keep is not None:
+                self._parked[model_id] = keep
+            logger.error("model %s could not be rebuilt: %s", model_id, exc)
+            self.supervisor.restart_failed(model_id, f"rebuild failed: {exc}")
+            return
+        is_reloadable = keep is None
+        del keep
+        self.loop.add_engine(engine)
+        with self._lock:
+            self._resident[model_id] = _Resident(engine, is_reloadable, time.monotonic())
+        self.supervisor.restarted(model_id)
+        if self.loop.metrics is not None:
+            self.loop.metrics.model(model_id).engine_restarted()
+        logger.warning(
+            "model %s: engine rebuilt (restart %d)",
+            model_id,
+            self.supervisor.health(model_id).restarts,
+        )
+
+    def _give_up(self, model_id: str, error: str) -> None:
+        """A crash loop: unload the model; requests are refused until the cool-down ends."""
+        keep = self._take_out(model_id, f"the engine of {model_id} keeps failing ({error})")
+        if keep is not None:
+            self._parked[model_id] = keep
+        gc.collect()
+        logger.error(
+            "model %s is crash-looping (%s); refused for %.0f s",
+            model_id,
+            error,
+            self.supervisor.policy.crashloop_cooldown_s,
         )
 
     def _make_room(self, model_id: str) -> None:

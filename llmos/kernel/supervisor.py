@@ -77,6 +77,7 @@ class HealthView:
     num_failures: int
     last_error: str | None
     retry_after_s: float
+    backoff_s: float
 
 
 class Supervisor:
@@ -90,8 +91,9 @@ class Supervisor:
         self._lock = threading.Lock()
         self._models: dict[str, ModelHealth] = {}
 
-    def record_failure(self, model: str, error: str) -> Action:
-        """A tick of `model` failed with `error`: continue, restart, or declare a crash loop."""
+    def record_failure(self, model: str, error: str, *, needs_rebuild: bool = False) -> Action:
+        """A tick of `model` failed with `error`: continue, restart, or declare a crash loop.
+        `needs_rebuild`: the engine's state is unknown, so it is rebuilt now (no more ticks)."""
         p = self.policy
         now = self._clock()
         with self._lock:
@@ -102,7 +104,7 @@ class Supervisor:
                 return Action.CONTINUE  # a rebuild or crash loop is already under way
             _trim(h.failures, now - p.failure_window_s)
             h.failures.append(now)
-            if len(h.failures) < p.max_failures:
+            if len(h.failures) < p.max_failures and not needs_rebuild:
                 return Action.CONTINUE
             h.failures.clear()
             _trim(h.restart_times, now - p.failure_window_s)
@@ -165,7 +167,9 @@ class Supervisor:
         with self._lock:
             h = self._models.get(model) or ModelHealth()
             retry = max(0.0, h.crashloop_until_s - now) if h.state is EngineState.CRASHLOOP else 0.0
-            return HealthView(model, h.state, h.restarts, h.num_failures, h.last_error, retry)
+            return HealthView(
+                model, h.state, h.restarts, h.num_failures, h.last_error, retry, h.backoff_s
+            )
 
     def models(self) -> list[str]:
         with self._lock:

@@ -1,15 +1,20 @@
 """Liveness and readiness of a kernel, as plain data for `/health`, `/ready` and `llmos doctor`.
 
 Liveness: the engine loop thread is running and its kernel is not dead. Readiness adds: not
-draining, and not stalled (work pending but no tick for `stall_after_s`). A machine-readable reason
-accompanies every "not ok", and nothing about the configuration leaks.
+draining, and not stalled (the watchdog saw a tick that does not return, or work is pending but no
+tick came for `stall_after_s`). A model whose engine is crash-looping or being rebuilt makes the
+server "degraded" (still 200: its other models serve) and is listed under `models`. A
+machine-readable reason accompanies every "not ok", and nothing about the configuration leaks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from llmos.kernel.supervisor import EngineState, HealthView
 
 STALL_AFTER_S = 60.0
 
@@ -18,6 +23,7 @@ class LoopLike(Protocol):
     is_draining: bool
     dead_reason: str | None
     last_tick_s: float
+    stalled: str | None
 
     @property
     def is_alive(self) -> bool: ...
@@ -28,12 +34,14 @@ class LoopLike(Protocol):
 
 @dataclass(slots=True)
 class HealthReport:
-    status: str  # "ok" | "not_ready" | "dead"
+    status: str  # "ok" | "degraded" (200) | "not_ready" | "dead" (503)
     reasons: list[str] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_ok(self) -> bool:
-        return self.status == "ok"
+        """Whether the probe answers 200 (a degraded server still serves its other models)."""
+        return self.status in ("ok", "degraded")
 
 
 def liveness(loop: LoopLike) -> HealthReport:
@@ -44,10 +52,36 @@ def liveness(loop: LoopLike) -> HealthReport:
     return HealthReport("ok")
 
 
-def readiness(loop: LoopLike, *, stall_after_s: float = STALL_AFTER_S) -> HealthReport:
+_MODEL_REASONS = {
+    EngineState.CRASHLOOP: "engine_crashloop",
+    EngineState.RESTARTING: "engine_restarting",
+}
+
+
+def readiness(
+    loop: LoopLike,
+    *,
+    models: Sequence[HealthView] = (),
+    stall_after_s: float = STALL_AFTER_S,
+) -> HealthReport:
+    """Readiness of the server; `models` are the supervisor's records of each model."""
     reasons = list(liveness(loop).reasons)
     if loop.is_draining:
         reasons.append("draining")
-    if loop.num_live and time.monotonic() - loop.last_tick_s > stall_after_s:
+    if loop.stalled is not None:
+        reasons.append("engine_stalled")
+    elif loop.num_live and time.monotonic() - loop.last_tick_s > stall_after_s:
         reasons.append("stalled")
-    return HealthReport("not_ready" if reasons else "ok", reasons)
+    degraded = sorted({_MODEL_REASONS[m.state] for m in models if m.state in _MODEL_REASONS})
+    status = "not_ready" if reasons else ("degraded" if degraded else "ok")
+    listed = [
+        {
+            "model": m.model,
+            "state": m.state.value,
+            "restarts": m.restarts,
+            "failures": m.num_failures,
+            "last_error": m.last_error,
+        }
+        for m in models
+    ]
+    return HealthReport(status, reasons + degraded, listed)

@@ -126,12 +126,20 @@ class ModelMetrics:
         self.e2e_s = metrics.e2e_s.labels(model_name)
         self._finished = metrics.finished
         self._rejected = metrics.rejected
+        self._failures = metrics.engine_failures.labels(model_name)
+        self._restarts = metrics.engine_restarts.labels(model_name)
 
     def process_finished(self, finish_reason: str) -> None:
         self._finished.labels(self.model_name, finish_reason).inc()
 
     def admission_rejected(self, reason: str) -> None:
         self._rejected.labels(self.model_name, reason).inc()
+
+    def engine_failed(self) -> None:
+        self._failures.inc()
+
+    def engine_restarted(self) -> None:
+        self._restarts.inc()
 
 
 class Metrics:
@@ -185,6 +193,18 @@ class Metrics:
             "llmos:admission_rejected",
             "Requests refused at the door, by reason.",
             ["model_name", "reason"],
+            registry=r,
+        )
+        self.engine_failures = Counter(
+            "llmos:engine_failures",
+            "Ticks that failed (their batch's processes ended with an error).",
+            labels,
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "llmos:engine_restarts",
+            "Engines rebuilt after repeated failures (fresh KV pool, model reloaded).",
+            labels,
             registry=r,
         )
         self._models: dict[str, ModelMetrics] = {}

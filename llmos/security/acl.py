@@ -100,6 +100,7 @@ ROUTE_PERMISSIONS: Final[dict[tuple[str, str], RouteRule]] = {
     ("POST", "/os/keys"): Permission.KEYS_MANAGE,
     ("DELETE", "/os/keys/{key_id}"): Permission.KEYS_MANAGE,
     ("GET", "/os/audit"): Permission.AUDIT_READ,
+    ("POST", "/os/debug/faults"): Permission.SECURITY_ADMIN,  # test-only, see api/os/debug.py
     ("GET", "/os/models"): Permission.MODELS_READ,
     ("GET", "/os/models/{name}"): Permission.MODELS_READ,
     ("POST", "/os/models"): Permission.MODELS_FILES,

@@ -1,7 +1,11 @@
-"""Fault injection (RELIABILITY F4): when an engine tick raises, every live request gets an error,
-`/health` turns 503 and later requests get 503 `kernel_dead` with `x-should-retry: false`.
+"""Fault injection (RELIABILITY F4) at the driver: the real SmolLM2 engine runs in this process
+and only its `step` is patched to fail on demand.
 
-The real SmolLM2 engine runs in this process; only its `step` is patched to fail on demand.
+An exception the engine cannot attribute to a batch (its state is unknown) ends that engine's
+live requests with an error, and the engine is rebuilt: `/health` stays 200 and later requests
+are served. Only the driver itself going down (a BaseException such as SystemExit in a tick)
+kills the kernel: `/health` turns 503 and later requests get 503 `kernel_dead` with
+`x-should-retry: false`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ def engine() -> Iterator[Engine]:
     yield load_engine("smollm2", settings)
 
 
-async def _scenario(engine: Engine) -> dict[str, Any]:
+class DriverDown(BaseException):
+    """Not an Exception: what a tick raises when the process itself is going down."""
+
+
+async def _scenario(engine: Engine, fault: BaseException) -> dict[str, Any]:
     app = create_app(engine, Settings(security={"auth": "none"}))
     ctx = app.state.llmos
     ctx.loop.start()
@@ -39,8 +47,8 @@ async def _scenario(engine: Engine) -> dict[str, Any]:
     def failing_step() -> list[Any]:
         nonlocal ticks
         ticks += 1
-        if ticks > 3:
-            raise RuntimeError("injected fault in the model runner")
+        if ticks == 4:
+            raise fault
         return real_step()
 
     engine.step = failing_step  # type: ignore[method-assign]
@@ -58,6 +66,11 @@ async def _scenario(engine: Engine) -> dict[str, Any]:
                 lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
             health = await client.get("/health")
             after = await client.post("/v1/chat/completions", json={**body, "stream": False})
+            for _ in range(200):  # a rebuild takes a backoff second and a model load
+                if after.json().get("error", {}).get("code") != "engine_restarting":
+                    break
+                await asyncio.sleep(0.1)
+                after = await client.post("/v1/chat/completions", json={**body, "stream": False})
             return {
                 "lines": lines,
                 "health": health,
@@ -69,8 +82,20 @@ async def _scenario(engine: Engine) -> dict[str, Any]:
         ctx.loop.stop()
 
 
-def test_tick_failure_kills_the_kernel_cleanly(engine: Engine) -> None:
-    result = asyncio.run(_scenario(engine))
+def test_an_unknown_tick_failure_rebuilds_only_that_engine(engine: Engine) -> None:
+    result = asyncio.run(_scenario(engine, RuntimeError("injected fault in the model runner")))
+    lines = result["lines"]
+    assert lines[-1] == "data: [DONE]"
+    assert '"error"' in lines[-2] and "injected fault in the model runner" in lines[-2]
+    assert result["health"].status_code == 200
+    after = result["after"]
+    assert after.status_code == 200, after.text
+    assert after.json()["usage"]["completion_tokens"] == 50
+    assert 'llmos:engine_restarts_total{model_name="smollm2"} 1.0' in result["metrics"]
+
+
+def test_the_driver_going_down_kills_the_kernel_cleanly(engine: Engine) -> None:
+    result = asyncio.run(_scenario(engine, DriverDown("the driver is going down")))
     lines = result["lines"]
     assert lines[-1] == "data: [DONE]"
     assert '"error"' in lines[-2] and "kernel dead" in lines[-2]
@@ -79,4 +104,3 @@ def test_tick_failure_kills_the_kernel_cleanly(engine: Engine) -> None:
     after = result["after"]
     assert after.status_code == 503 and after.json()["error"]["code"] == "kernel_dead"
     assert after.headers["x-should-retry"] == "false"
-    assert 'llmos:kernel_alive{model_name="smollm2"} 0.0' in result["metrics"]

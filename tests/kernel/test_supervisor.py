@@ -100,3 +100,8 @@ def test_stall_is_reported_and_clears() -> None:
     sup.check_available("m")  # a stalled engine still takes requests (they queue)
     sup.set_stalled("m", False)
     assert sup.health("m").state is EngineState.OK
+
+
+def test_an_engine_in_an_unknown_state_is_rebuilt_at_once() -> None:
+    sup = Supervisor(POLICY, Clock())
+    assert sup.record_failure("m", "KeyError: 3", needs_rebuild=True) is Action.RESTART

@@ -46,9 +46,13 @@ class ProcessKilled(LlmosError):
 
 
 class ProcessFailed(LlmosError):
+    """The process failed inside the kernel (its tick raised); the engine serves on, so a
+    retry can succeed."""
+
     status_code = 500
     code = "process_failed"
     error_type = "server_error"
+    headers: dict[str, str] = {"x-should-retry": "true"}
 
 
 @dataclass(slots=True)

@@ -19,6 +19,8 @@ router = APIRouter(tags=["probes"])
 
 def _report(report: HealthReport) -> JSONResponse:
     body: dict[str, Any] = {"status": report.status, "reasons": report.reasons}
+    if report.models:
+        body["models"] = report.models
     return JSONResponse(body, status_code=200 if report.is_ok else 503)
 
 
@@ -31,7 +33,7 @@ async def health(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
 @router.get("/ready")
 async def ready(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
     """Readiness: model resident, engine ticking, not draining; 503 with reasons otherwise."""
-    return _report(readiness(ctx.loop))
+    return _report(readiness(ctx.loop, models=ctx.residency.health()))
 
 
 @router.get("/metrics")
