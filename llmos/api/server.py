@@ -106,6 +106,9 @@ def build_server(
         log_config=None,
         access_log=False,
         lifespan="on",
+        # uvicorn would take X-Forwarded-For from 127.0.0.1 on its own; llmos reads it only from
+        # security.trusted_proxies (llmos.api.forwarded).
+        proxy_headers=False,
         timeout_graceful_shutdown=int(CONNECTION_CLOSE_S),
         ssl_certfile=str(tls.tls_cert_file) if tls.tls_cert_file else None,
         ssl_keyfile=str(tls.tls_key_file) if tls.tls_key_file else None,

@@ -2,8 +2,9 @@
 wrong keys are slowed, then refused with 429, and audited in bounds, while a valid key from the
 same address is still served; X-Forwarded-For counts only from a trusted proxy.
 
-The server trusts 127.0.0.1 as a proxy. Clients that must look untrusted connect from other
-loopback addresses (127.0.0.2, 127.0.0.3: Linux routes all of 127/8 to lo).
+The server trusts 127.0.0.2 as a proxy; clients connect from chosen loopback addresses (Linux
+routes all of 127/8 to lo). 127.0.0.1 is deliberately untrusted: uvicorn on its own would take
+X-Forwarded-For from it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _wrong_key(i: int) -> str:
 def server() -> Iterator[ServerProcess]:
     srv = ServerProcess(
         env={
-            "LLMOS_SECURITY__TRUSTED_PROXIES": "127.0.0.1",
+            "LLMOS_SECURITY__TRUSTED_PROXIES": "127.0.0.2",
             "LLMOS_SECURITY__AUTH_FAILURE_MAX_DELAY_S": str(MAX_DELAY_S),
             "LLMOS_SECURITY__AUTH_FAILURES_AUDITED_PER_MINUTE": str(AUDITED_PER_MINUTE),
         }
@@ -86,14 +87,14 @@ def test_serve_requires_a_key_by_default(
 
 def test_forwarded_for_counts_only_from_a_trusted_proxy(server: ServerProcess) -> None:
     trusted_key, untrusted_key = _wrong_key(0xAAAA), _wrong_key(0xBBBB)
-    with _client(server, "127.0.0.1") as http:
+    with _client(server, "127.0.0.2") as http:
         r = http.get("/v1/models", headers={"Authorization": f"Bearer {trusted_key}",
                                             "X-Forwarded-For": "6.6.6.6, 198.51.100.7"})  # fmt: skip
         assert r.status_code == 401
         # garbage from a trusted proxy is parsed and never answered with a 500
         garbage = {"X-Forwarded-For": "[::, 999.1.1.1:x,,", "Forwarded": 'for="[;;,=by'}
         assert http.get("/v1/models", headers={**garbage, **_admin(server)}).status_code == 200
-    with _client(server, "127.0.0.2") as http:
+    with _client(server, "127.0.0.1") as http:
         r = http.get("/v1/models", headers={"Authorization": f"Bearer {untrusted_key}",
                                             "X-Forwarded-For": "198.51.100.8",
                                             "Forwarded": "for=198.51.100.9"})  # fmt: skip
@@ -106,7 +107,7 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(server: ServerProcess) -
     assert wait_until(lambda: {"00000000aaaa", "00000000bbbb"} <= clients().keys())
     seen = clients()
     assert seen["00000000aaaa"] == "198.51.100.7"  # the trusted proxy's word is taken
-    assert seen["00000000bbbb"] == "127.0.0.2"  # a client's own header is not
+    assert seen["00000000bbbb"] == "127.0.0.1"  # a client's own header is not
 
 
 def test_valid_key_is_served_after_30_wrong_ones(server: ServerProcess) -> None:
