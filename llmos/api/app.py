@@ -22,6 +22,7 @@ from llmos.api.deps import ServerContext
 from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
+from llmos.api.openapi import install_openapi
 from llmos.api.os import models as os_models
 from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
@@ -94,6 +95,7 @@ def create_app(
         from llmos.api.os import debug
 
         app.include_router(debug.router)
+    install_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     return app
 

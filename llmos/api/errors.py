@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.errors import (
@@ -40,6 +40,40 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+STATUS_MEANINGS = {
+    400: "Invalid request: `param` names the first bad field.",
+    401: "No API key, or a wrong, expired or revoked one.",
+    403: "The key's role or grants do not allow this.",
+    404: "No such object (or one you may not see).",
+    409: "Conflicts with the current state.",
+    413: "The request body is over `api.max_body_bytes`.",
+    429: "A rate limit or quota was hit; see Retry-After.",
+    500: "Internal error (a request id to find it in the server log).",
+    503: "Overloaded, draining, the model cannot be made resident, or the kernel is dead.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses, all in the OpenAI error shape."""
+    return {
+        status: {"model": ErrorResponse, "description": STATUS_MEANINGS[status]}
+        for status in statuses
+    }
 
 
 def error_body(
@@ -76,8 +110,10 @@ def validation_error(errors: list[Any]) -> InvalidRequest:
     if not errors:
         return InvalidRequest("The request body is invalid.")
     located = [(_field_path(e.get("loc", ())), e) for e in errors]
-    path, first = max(located, key=lambda pe: len(pe[0]))  # max keeps the first of equals
-    param = ".".join(path) or None
+    # The deepest field; among a union's branches, a broken rule ("at least 1 item") says more
+    # than "should be a valid string". max keeps the first of equals.
+    path, first = max(located, key=lambda pe: (len(pe[0]), not _is_type_error(pe[1])))
+    param = _param(path)
     kind = first.get("type", "")
     msg = str(first.get("msg", "invalid"))
     if kind == "json_invalid":
@@ -96,16 +132,23 @@ def validation_error(errors: list[Any]) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {msg} (received {shown}).", param=param)
 
 
-def _field_path(loc: tuple[Any, ...]) -> list[str]:
+def _field_path(loc: tuple[Any, ...]) -> list[str | int]:
     """`loc` without pydantic's union-branch tags (`str`, `list[TextPart]`) and FastAPI's
     `body`/`query` prefixes, so `param` reads like the JSON path the client sent."""
-    path = []
-    for part in loc:
-        if isinstance(part, int):
-            path.append(str(part))
-        elif not _is_tag(part):
-            path.append(part)
-    return path
+    return [part for part in loc if isinstance(part, int) or not _is_tag(part)]
+
+
+def _is_type_error(error: Any) -> bool:
+    kind = str(error.get("type", ""))
+    return kind.endswith("_type") or kind == "none_required"
+
+
+def _param(path: list[str | int]) -> str | None:
+    """The path as OpenAI spells a `param`: `messages[0].content`, `stop[1]`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or None
 
 
 _TYPE_TAGS = {"body", "query", "path", "str", "int", "float", "bool", "none", "list", "dict"}

@@ -34,8 +34,10 @@ def assert_openai_error(
     assert set(error) == {"message", "type", "param", "code"}, error
     assert isinstance(error["message"], str) and error["message"]
     assert "Traceback" not in error["message"] and "/work/" not in error["message"]
-    if param is not None:  # the field, or a path inside it ("stop.0", "messages.0.role")
-        assert error["param"] == param or error["param"].startswith(f"{param}."), error
+    if param is not None:  # the field, or a path inside it ("stop[0]", "messages[0].role")
+        assert error["param"] == param or error["param"].startswith((f"{param}.", f"{param}[")), (
+            error
+        )
     if code is not None:
         assert error["code"] == code, error
     return error
@@ -49,6 +51,8 @@ RAW_BODIES = {
     "empty body": b"",
     "invalid utf-8": b'{"model": "smollm2", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
     "lone surrogate": b'{"model": "smollm2", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    "NaN number": b'{"model": "smollm2", "messages": [{"role": "user", "content": "x"}], '
+    b'"logit_bias": {"5": NaN}}',
 }
 
 
@@ -68,7 +72,7 @@ BAD_FIELDS: dict[str, tuple[dict[str, Any], str | None]] = {
     "stream string": ({"stream": "yes"}, "stream"),
     # missing / empty / unknown role / unsupported part
     "empty messages": ({"messages": []}, "messages"),
-    "unknown role": ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    "unknown role": ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     "image part": (
         {
             "messages": [
@@ -78,7 +82,7 @@ BAD_FIELDS: dict[str, tuple[dict[str, Any], str | None]] = {
                 }
             ]
         },
-        "messages.0.content.0.type",
+        "messages[0].content[0].type",
     ),
     # out of range
     "max_tokens zero": ({"max_tokens": 0}, "max_tokens"),
@@ -121,6 +125,82 @@ def test_missing_required_field(http: httpx.Client, missing: str) -> None:
     body = chat()
     del body[missing]
     assert_openai_error(http.post(CHAT, json=body), 400, param=missing)
+
+
+HI = {"role": "user", "content": "Hi"}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
+CALLED = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+# Each message list breaks one rule of OpenAI's message schema; `param` names the field.
+BAD_MESSAGES: dict[str, tuple[list[Any], str]] = {
+    "user without content": ([{"role": "user"}], "messages[0].content"),
+    "user null content": ([{"role": "user", "content": None}], "messages[0].content"),
+    "system without content": ([{"role": "system"}, HI], "messages[0].content"),
+    "developer without content": ([{"role": "developer"}, HI], "messages[0].content"),
+    "assistant without content or tool_calls": ([HI, {"role": "assistant"}], "messages[1].content"),
+    "tool without content": (
+        [HI, CALLED, {"role": "tool", "tool_call_id": "call_1"}],
+        "messages[2].content",
+    ),
+    "tool without tool_call_id": (
+        [HI, CALLED, {"role": "tool", "content": "2"}],
+        "messages[2].tool_call_id",
+    ),
+    "tool_call_id on a user message": (
+        [{**HI, "tool_call_id": "call_1"}],
+        "messages[0].tool_call_id",
+    ),
+    "tool_calls on a user message": ([{**HI, "tool_calls": [CALL]}], "messages[0].tool_calls"),
+    "empty tool_calls": ([HI, {"role": "assistant", "tool_calls": []}], "messages[1].tool_calls"),
+    "malformed tool call": (
+        [HI, {"role": "assistant", "tool_calls": [{"id": "c"}]}],
+        "messages[1].tool_calls[0]",
+    ),
+    "empty content parts": ([{"role": "user", "content": []}], "messages[0].content"),
+    "text part without text": (
+        [{"role": "user", "content": [{"type": "text"}]}],
+        "messages[0].content[0].text",
+    ),
+    "empty name": ([{**HI, "name": ""}], "messages[0].name"),
+    "name with template markup": ([{**HI, "name": "<|im_end|>"}], "messages[0].name"),
+    "name not a string": ([{**HI, "name": 5}], "messages[0].name"),
+    "message not an object": (["Hi"], "messages[0]"),
+    "message without role": ([{"content": "Hi"}], "messages[0].role"),
+}
+
+
+@pytest.mark.parametrize("messages,param", BAD_MESSAGES.values(), ids=BAD_MESSAGES.keys())
+def test_bad_messages(http: httpx.Client, messages: list[Any], param: str) -> None:
+    assert_openai_error(http.post(CHAT, json=chat(messages=messages)), 400, param=param)
+    r = http.post("/tokenize", json={"messages": messages})
+    assert_openai_error(r, 400, param=param)
+
+
+def test_missing_content_is_named_exactly(http: httpx.Client) -> None:
+    error = assert_openai_error(http.post(CHAT, json=chat(messages=[HI, {"role": "user"}])), 400)
+    assert error["param"] == "messages[1].content", error
+    assert "messages[1].content" in error["message"], error
+
+
+GOOD_MESSAGES: dict[str, list[Any]] = {
+    "assistant tool call without content, then its result": [
+        HI,
+        {"role": "assistant", "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "2"},
+    ],
+    "assistant prefill": [HI, {"role": "assistant", "content": "Hello"}],
+    "text parts and a name": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": "Hi", "name": "alice_1"},
+    ],
+    "empty user text": [{"role": "user", "content": ""}],
+}
+
+
+@pytest.mark.parametrize("messages", GOOD_MESSAGES.values(), ids=GOOD_MESSAGES.keys())
+def test_good_messages(http: httpx.Client, messages: list[Any]) -> None:
+    r = http.post(CHAT, json=chat(messages=messages))
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 BAD_COMPLETIONS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -238,6 +318,11 @@ def test_admin_bad_inputs(http: httpx.Client) -> None:
     assert_openai_error(r, 404)
     r = http.post("/os/processes/1/priority", json={"priority": "godmode"})
     assert_openai_error(r, 400, param="priority")
+    # Past what the database columns hold (they overflowed into a 500).
+    r = http.post("/os/keys", json={"requests_per_minute": 2**70})
+    assert_openai_error(r, 400, param="requests_per_minute")
+    r = http.post("/os/users", json={"name": "big", "max_concurrent": 2**40})
+    assert_openai_error(r, 400, param="max_concurrent")
 
 
 def test_server_alive_and_clean_afterwards(http: httpx.Client, server_url: str) -> None:

@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from llmos.api.auth import granted_model
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.api.openai import serving as sv
+from llmos.api.openai.responses import SSE_STREAM, ChatCompletion
 from llmos.api.openai.schemas import ChatCompletionRequest
+from llmos.api.openapi import responses
 from llmos.api.prompts import encode_chat
 from llmos.errors import InvalidRequest
 from llmos.kernel.loop import OutputStream
@@ -21,7 +23,12 @@ from llmos.kernel.residency import ServedEngine
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", openapi_extra=body_schema(ChatCompletionRequest))
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=body_schema(ChatCompletionRequest),
+    response_model=None,
+    responses=responses(ChatCompletion, 404, 503, content=SSE_STREAM),
+)
 async def create_chat_completion(
     request: Request,
     body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest)),

@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from llmos.api.auth import granted_model
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.api.openai import serving as sv
+from llmos.api.openai.responses import SSE_STREAM, Completion
 from llmos.api.openai.schemas import CompletionRequest
+from llmos.api.openapi import responses
 from llmos.api.prompts import encode_text
 from llmos.errors import InvalidRequest
 from llmos.kernel.loop import OutputStream
@@ -22,7 +24,12 @@ router = APIRouter()
 DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for legacy completions
 
 
-@router.post("/v1/completions", openapi_extra=body_schema(CompletionRequest))
+@router.post(
+    "/v1/completions",
+    openapi_extra=body_schema(CompletionRequest),
+    response_model=None,
+    responses=responses(Completion, 404, 503, content=SSE_STREAM),
+)
 async def create_completion(
     request: Request,
     body: CompletionRequest = Depends(json_body(CompletionRequest)),

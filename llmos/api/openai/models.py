@@ -13,6 +13,8 @@ from fastapi import APIRouter, Depends, Request
 
 from llmos.api.auth import authorize, granted_model, may_use_model
 from llmos.api.deps import ServerContext, get_context
+from llmos.api.openai.responses import ModelCard, ModelList
+from llmos.api.openapi import responses
 from llmos.security.principals import Principal
 from llmos.storage.manifest import ModelManifest
 from llmos.storage.names import ModelRef, display_id
@@ -61,7 +63,7 @@ async def catalog(ctx: ServerContext) -> dict[str, ModelManifest | None]:
     return {i: found[i] for i in order}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=None, responses=responses(ModelList))
 async def list_models(
     ctx: ServerContext = Depends(get_context), principal: Principal = Depends(authorize)
 ) -> dict[str, Any]:
@@ -75,7 +77,7 @@ async def list_models(
     return {"object": "list", "data": cards}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", response_model=None, responses=responses(ModelCard, 404))
 async def get_model(
     model_id: str, request: Request, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:

@@ -17,13 +17,15 @@ from llmos.kernel.params import MAX_LOGPROBS
 MAX_N = 16
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a message's `name`
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # NaN and Infinity are not JSON; pydantic's parser would accept them as numbers.
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(_Lenient):
@@ -37,12 +39,37 @@ class TextPart(_Lenient):
     text: str
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = Field(description="The call's arguments as a JSON text.")
+
+
+class ToolCall(_Lenient):
+    """A tool call an assistant made earlier in the conversation (OpenAI's shape)."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
+    """One message. Which fields a role needs is checked by `check_messages`, which knows the
+    message's index for the error's `param`."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = Field(
+        None,
+        description="Required, except for an assistant message that has tool_calls.",
+    )
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] | None = Field(
+        None, description="The participant's name: 1-64 of a-z, A-Z, 0-9, _ and -."
+    )
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = Field(
+        None, description="Assistant messages only."
+    )
+    tool_call_id: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="Required on tool messages (and only there): the call answered."
+    )
 
     def text(self) -> str:
         if self.content is None:
@@ -50,6 +77,31 @@ class ChatMessage(_Lenient):
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content)
+
+
+def check_messages(messages: list[ChatMessage], field: str = "messages") -> None:
+    """What each role needs, as OpenAI checks it: content on system, developer, user and tool
+    messages; content or tool_calls on assistant messages; tool_calls only from the assistant
+    and tool_call_id only (and always) on tool messages."""
+    for i, m in enumerate(messages):
+        at = f"{field}[{i}]"
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            need = "'content' or 'tool_calls'" if m.role == "assistant" else "'content'"
+            raise InvalidRequest(
+                f"Missing required field '{at}.content': a {m.role} message needs {need}.",
+                param=f"{at}.content",
+            )
+        if m.tool_calls is not None and m.role != "assistant":
+            raise InvalidRequest(
+                f"Only assistant messages may have 'tool_calls'; '{at}' is a {m.role} message.",
+                param=f"{at}.tool_calls",
+            )
+        if (m.tool_call_id is None) == (m.role == "tool"):
+            problem = "is missing" if m.role == "tool" else "is only allowed on tool messages"
+            raise InvalidRequest(
+                f"'{at}.tool_call_id' {problem} (the id of the tool call a tool message answers).",
+                param=f"{at}.tool_call_id",
+            )
 
 
 class SamplingFields(_Lenient):
@@ -118,6 +170,7 @@ class ChatCompletionRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check_pairs(self) -> ChatCompletionRequest:
+        check_messages(self.messages)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest(
                 "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
@@ -146,7 +199,7 @@ class TokenizeRequest(_Lenient):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = True
 
@@ -154,6 +207,8 @@ class TokenizeRequest(_Lenient):
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidRequest("Give exactly one of 'prompt' or 'messages'.", param="prompt")
+        if self.messages is not None:
+            check_messages(self.messages)
         return self
 
 

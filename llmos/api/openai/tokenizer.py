@@ -12,7 +12,9 @@ from fastapi import APIRouter, Depends, Request
 from llmos.api.auth import granted_model
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
 from llmos.api.openai import serving as sv
+from llmos.api.openai.responses import DetokenizeResponse, TokenizeResponse, TokenizerInfo
 from llmos.api.openai.schemas import DetokenizeRequest, TokenizeRequest
+from llmos.api.openapi import responses
 from llmos.api.prompts import encode_chat, encode_text, render_chat, special_token
 from llmos.errors import InvalidRequest
 from llmos.kernel.residency import ServedEngine
@@ -20,7 +22,12 @@ from llmos.kernel.residency import ServedEngine
 router = APIRouter()
 
 
-@router.post("/tokenize", openapi_extra=body_schema(TokenizeRequest))
+@router.post(
+    "/tokenize",
+    openapi_extra=body_schema(TokenizeRequest),
+    response_model=None,
+    responses=responses(TokenizeResponse, 404, 503),
+)
 async def tokenize(
     request: Request,
     body: TokenizeRequest = Depends(json_body(TokenizeRequest)),
@@ -54,7 +61,12 @@ async def _tokenize(engine: ServedEngine, body: TokenizeRequest) -> list[int]:
     return await sv.off_loop(len(prompt), encode_text, engine, prompt, add_special_tokens=add)
 
 
-@router.post("/detokenize", openapi_extra=body_schema(DetokenizeRequest))
+@router.post(
+    "/detokenize",
+    openapi_extra=body_schema(DetokenizeRequest),
+    response_model=None,
+    responses=responses(DetokenizeResponse, 404, 503),
+)
 async def detokenize(
     request: Request,
     body: DetokenizeRequest = Depends(json_body(DetokenizeRequest)),
@@ -72,7 +84,7 @@ async def detokenize(
     return {"prompt": tok.decode(body.tokens, skip_special_tokens=False)}
 
 
-@router.get("/tokenizer_info")
+@router.get("/tokenizer_info", response_model=None, responses=responses(TokenizerInfo, 404, 503))
 async def tokenizer_info(
     request: Request, model: str | None = None, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:

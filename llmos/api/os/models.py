@@ -21,6 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.api.auth import record_action
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
+from llmos.api.openapi import responses
+from llmos.api.os.responses import (
+    Exported,
+    Removed,
+    StoredModel,
+    StoredModelDetail,
+    StoredModelList,
+    Verified,
+)
 from llmos.errors import Conflict, InvalidRequest
 from llmos.storage.manifest import ModelManifest
 from llmos.storage.names import ModelRef, display_id
@@ -98,21 +107,27 @@ def _absolute(text: str, param: str) -> Path:
     return Path(text)
 
 
-@router.get("/os/models")
+@router.get("/os/models", response_model=None, responses=responses(StoredModelList, 400))
 async def list_models(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
     """Every model in the registry, with which ones are resident."""
     manifests = await _run(ctx.registry.list)
     return {"object": "list", "data": [_card(m, ctx) for m in manifests]}
 
 
-@router.get("/os/models/{name}")
+@router.get("/os/models/{name}", response_model=None, responses=responses(StoredModelDetail, 404))
 async def show_model(name: str, ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
     """One stored model's manifest (404 if the registry has no such name)."""
     m = await _run(lambda: ctx.registry.show(name))
     return {**_card(m, ctx), "config": m.config, "files": [f.model_dump() for f in m.files]}
 
 
-@router.post("/os/models", openapi_extra=body_schema(ImportRequest))
+@router.post(
+    "/os/models",
+    openapi_extra=body_schema(ImportRequest),
+    status_code=201,
+    response_model=None,
+    responses=responses(StoredModel, 404, 409, status=201),
+)
 async def import_model(
     request: Request,
     body: ImportRequest = Depends(json_body(ImportRequest)),
@@ -139,7 +154,13 @@ async def import_model(
     return JSONResponse(_card(m, ctx), status_code=201)
 
 
-@router.post("/os/models/{name}/tag", openapi_extra=body_schema(TagRequest))
+@router.post(
+    "/os/models/{name}/tag",
+    openapi_extra=body_schema(TagRequest),
+    status_code=201,
+    response_model=None,
+    responses=responses(StoredModel, 404, 409, status=201),
+)
 async def tag_model(
     name: str,
     request: Request,
@@ -152,7 +173,12 @@ async def tag_model(
     return JSONResponse(_card(m, ctx), status_code=201)
 
 
-@router.post("/os/models/{name}/export", openapi_extra=body_schema(ExportRequest))
+@router.post(
+    "/os/models/{name}/export",
+    openapi_extra=body_schema(ExportRequest),
+    response_model=None,
+    responses=responses(Exported, 404, 409),
+)
 async def export_model(
     name: str,
     request: Request,
@@ -168,7 +194,7 @@ async def export_model(
     return {"id": m.ref, "path": str(written), "size_bytes": m.size_bytes}
 
 
-@router.post("/os/models/{name}/verify")
+@router.post("/os/models/{name}/verify", response_model=None, responses=responses(Verified, 404))
 async def verify_model(
     name: str, request: Request, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:
@@ -179,7 +205,7 @@ async def verify_model(
     return {"id": r.ref, "ok": r.is_ok, "bad_files": r.bad_files}
 
 
-@router.delete("/os/models/{name}")
+@router.delete("/os/models/{name}", response_model=None, responses=responses(Removed, 404, 409))
 async def remove_model(
     name: str, request: Request, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:

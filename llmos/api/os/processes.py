@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.api.auth import authorize, check_priority, may_manage, record_action, visible_processes
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
+from llmos.api.openapi import responses
+from llmos.api.os.responses import Killed, ProcessList, Reniced
 from llmos.errors import NotFound
 from llmos.kernel.process import Priority
 from llmos.security.principals import Principal
@@ -37,7 +39,7 @@ def _not_found(pid: int) -> NotFound:
     )
 
 
-@router.get("/processes")
+@router.get("/processes", response_model=None, responses=responses(ProcessList))
 async def list_processes(
     ctx: ServerContext = Depends(get_context), principal: Principal = Depends(authorize)
 ) -> dict[str, Any]:
@@ -46,7 +48,7 @@ async def list_processes(
     return {"object": "list", "data": [dataclasses.asdict(p) for p in procs]}
 
 
-@router.delete("/processes/{pid}")
+@router.delete("/processes/{pid}", response_model=None, responses=responses(Killed, 404))
 async def kill_process(
     pid: int,
     request: Request,
@@ -60,7 +62,12 @@ async def kill_process(
     return {"pid": pid, "killed": True}
 
 
-@router.post("/processes/{pid}/priority", openapi_extra=body_schema(ReniceRequest))
+@router.post(
+    "/processes/{pid}/priority",
+    openapi_extra=body_schema(ReniceRequest),
+    response_model=None,
+    responses=responses(Reniced, 404),
+)
 async def renice_process(
     pid: int,
     request: Request,

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmos.api.auth import authorize, record_action
 from llmos.api.deps import ServerContext, body_schema, get_context, json_body
+from llmos.api.openapi import responses
+from llmos.api.os.responses import AuditRows, CreatedKey, Key, KeyList, User, UserList
 from llmos.errors import InvalidRequest, NotFound
 from llmos.kernel.process import Priority
 from llmos.security.acl import Permission, Scope, scope_of
@@ -25,25 +27,29 @@ from llmos.security.keys import ApiKeys, KeyInfo
 from llmos.security.principals import Principal, Quota, Role, UserInfo, Users
 
 router = APIRouter(tags=["security"])
+# The widest values the columns hold on every database (INTEGER is 32-bit on PostgreSQL).
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+MAX_EXPIRY_S = 100 * 365 * 86400
 
 
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(description="User name (a-z, 0-9, '.', '_', '-').")
     role: str = Field("user", description="admin, operator, user or viewer.")
-    tokens_per_day: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1, le=MAX_INT64)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_INT32)
     max_priority: str | None = Field(None, description="interactive, normal or batch.")
-    max_context: int | None = Field(None, ge=1)
+    max_context: int | None = Field(None, ge=1, le=MAX_INT32)
 
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     user: str | None = Field(None, description="Owner (default: yourself).")
     name: str = Field("default", min_length=1, max_length=64)
-    expires_in_s: float | None = Field(None, gt=0)
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_EXPIRY_S)
+    requests_per_minute: int | None = Field(None, ge=1, le=MAX_INT32)
+    tokens_per_minute: int | None = Field(None, ge=1, le=MAX_INT32)
 
 
 def _guard(ctx: ServerContext) -> Guard:
@@ -81,14 +87,19 @@ async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
-@router.get("/os/users")
+@router.get("/os/users", response_model=None, responses=responses(UserList, 400))
 async def list_users(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
     """Every user with role, state, quotas and model grants (admins only)."""
     users = await asyncio.to_thread(Users(_guard(ctx).db).list)
     return {"object": "list", "data": [_user_json(u) for u in users]}
 
 
-@router.post("/os/users", openapi_extra=body_schema(NewUser))
+@router.post(
+    "/os/users",
+    openapi_extra=body_schema(NewUser),
+    response_model=None,
+    responses=responses(User, 409),
+)
 async def add_user(
     request: Request,
     body: NewUser = Depends(json_body(NewUser)),
@@ -107,7 +118,7 @@ async def add_user(
     return _user_json(info)
 
 
-@router.get("/os/keys")
+@router.get("/os/keys", response_model=None, responses=responses(KeyList))
 async def list_keys(
     ctx: ServerContext = Depends(get_context),
     principal: Principal = Depends(authorize),
@@ -120,7 +131,12 @@ async def list_keys(
     return {"object": "list", "data": [_key_json(k) for k in keys]}
 
 
-@router.post("/os/keys", openapi_extra=body_schema(NewKey))
+@router.post(
+    "/os/keys",
+    openapi_extra=body_schema(NewKey),
+    response_model=None,
+    responses=responses(CreatedKey, 404),
+)
 async def create_key(
     request: Request,
     body: NewKey = Depends(json_body(NewKey)),
@@ -143,7 +159,7 @@ async def create_key(
     return _key_json(new.info) | {"key": new.secret}
 
 
-@router.delete("/os/keys/{key_id}")
+@router.delete("/os/keys/{key_id}", response_model=None, responses=responses(Key, 404))
 async def revoke_key(
     key_id: str,
     request: Request,
@@ -160,7 +176,7 @@ async def revoke_key(
     return _key_json(info)
 
 
-@router.get("/os/audit")
+@router.get("/os/audit", response_model=None, responses=responses(AuditRows))
 async def audit_tail(
     ctx: ServerContext = Depends(get_context),
     limit: int = Query(50, ge=1, le=1000),

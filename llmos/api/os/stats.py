@@ -10,11 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from llmos.api.deps import ServerContext, get_context
+from llmos.api.openapi import responses
+from llmos.api.os.responses import Stats
 
 router = APIRouter(prefix="/os", tags=["os"])
 
 
-@router.get("/stats")
+@router.get("/stats", response_model=None, responses=responses(Stats))
 async def get_stats(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
     """KV blocks used/free/cached, prefix-cache hit rate, tokens/s, queue depth and counters of
     all resident models together; `models` has each resident model's own numbers."""
