@@ -26,11 +26,13 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print the results as a JSON list."),
     url: str | None = typer.Option(None, "--url", help=URL_HELP),
 ) -> None:
-    """Check the installation, the data dir and the running server; explain what is wrong.
+    """Check the installation, the data dir and the server; explain what is wrong and the fix.
 
-    Read-only: it never changes anything. A server that does not answer is a failure only when
-    one was named (--url or $LLMOS_URL). Exit status 0 when healthy (warnings allowed), 1 when
-    any check failed.
+    Read-only: it never changes anything.
+
+    A server that does not answer fails only when named (--url or $LLMOS_URL).
+
+    Exit status 0 when healthy (warnings allowed), 1 when any check failed.
     """
     results = _diagnose(full, url)
     if as_json:

@@ -241,7 +241,8 @@ def test_corrupt_database_file(home: Path) -> None:
         f.write(b"this is not a database header")
     code, out = doctor()
     assert code == 1
-    assert "✗ database: the database is corrupt" in out
+    assert "✗ database: the database is corrupt or unreadable: DatabaseError" in out
+    assert "! blobs: not checked: the database cannot be read" in out
     assert "fix: llmos backup restore --force" in out
 
 

@@ -91,10 +91,15 @@ class Inspection:
         """The data dir opened read-only; None when there is no database yet or it cannot be
         opened (`storage_error` says why)."""
         if self._storage is None and self._storage_error is None and self.has_database:
+            storage = None
             try:
-                self._storage = Storage(self.settings.storage, read_only=True)
+                storage = Storage(self.settings.storage, read_only=True)
+                storage.db.revision()  # connects and reads: a bad file or server fails here
+                self._storage = storage
             except Exception as exc:  # any driver error: the database check reports it
-                self._storage_error = f"{type(exc).__name__}: {exc}"
+                self._storage_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                if storage is not None:
+                    storage.close()
         return self._storage
 
     @property

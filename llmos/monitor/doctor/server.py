@@ -91,8 +91,10 @@ def _serve_fix(url: str) -> str:
 def _reachable(ins: Inspection) -> CheckResult:
     version = ins.get("/version")
     theirs = version.body.get("version") if version and isinstance(version.body, dict) else None
-    ours = importlib.metadata.version("llmos")
-    if theirs is not None and theirs != ours:
+    ours = None
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        ours = importlib.metadata.version("llmos")
+    if theirs is not None and ours is not None and theirs != ours:
         return warn(
             "server",
             f"server at {ins.url} runs llmos {theirs}, this CLI is {ours}",

@@ -132,8 +132,18 @@ def check_database(ins: Inspection) -> list[CheckResult]:
         return [ok("database", "no database yet (created on first use)")]
     storage = ins.storage()
     restore = restore_fix(ins)
+    if storage is None and ins.settings.storage.database_url:
+        return [
+            fail(
+                "database",
+                f"the database at storage.database_url cannot be read: {ins.storage_error}",
+                "check LLMOS_STORAGE__DATABASE_URL and that the database server is up",
+            )
+        ]
     if storage is None:
-        return [fail("database", f"the database cannot be opened: {ins.storage_error}", restore)]
+        return [
+            fail("database", f"the database is corrupt or unreadable: {ins.storage_error}", restore)
+        ]
     try:
         verdict = storage.db.integrity_check()
     except Exception as exc:  # a corrupt file fails the pragma itself
