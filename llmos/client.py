@@ -106,6 +106,20 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return dict(self._get("/os/stats"))
 
+    def events(
+        self,
+        *,
+        since: int | str | None = None,
+        kind: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """The event log (`data`, oldest first, and `last_seq` to pass as `since` next time);
+        `since` is a seq or an ISO 8601 time (admins only)."""
+        params = {"since": since, "kind": kind, "model": model, "limit": limit}
+        query = {k: v for k, v in params.items() if v is not None}
+        return dict(self._request("GET", "/os/events", params=query))
+
     def metrics(self) -> str:
         response = self._send("GET", "/metrics")
         return response.text

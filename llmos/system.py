@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from llmos.kernel.engine import Engine
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.residency import Residency, ServedEngine
+    from llmos.monitor.eventlog import EventLog
     from llmos.monitor.metrics import Metrics
     from llmos.storage.registry import Registry
     from llmos.storage.store import Storage
@@ -144,6 +145,7 @@ class ServingSystem:
     source: RegistrySource
     metrics: Metrics
     default_model: str  # the id of the model the server started with
+    events: EventLog  # what happened (loads, evictions, failures, refusals), persisted
 
 
 def build_serving(
@@ -159,10 +161,15 @@ def build_serving(
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.residency import Residency
     from llmos.kernel.supervisor import Supervisor, SupervisorPolicy
+    from llmos.monitor.eventlog import EventLog
+    from llmos.monitor.events import PreemptionStorms
     from llmos.monitor.metrics import Metrics
 
     k = settings.kernel
     metrics = Metrics()
+    monitor = settings.monitor
+    # Opens the metadata DB on its writer thread, on the first event (never blocks here).
+    events = EventLog(settings.storage, max_rows=monitor.max_events)
     loop = EngineLoop(
         max_running=settings.kernel.max_num_seqs,
         max_waiting=settings.api.max_queue,
@@ -180,12 +187,23 @@ def build_serving(
             crashloop_cooldown_s=k.engine_crashloop_cooldown_s,
         )
     )
+    loop.preemption_storms = PreemptionStorms(
+        events,
+        threshold=monitor.preemption_storm_threshold,
+        window_s=monitor.preemption_storm_window_s,
+    )
     residency = Residency(
-        loop, source, max_resident=settings.kernel.max_resident_models, supervisor=supervisor
+        loop,
+        source,
+        max_resident=settings.kernel.max_resident_models,
+        events=events,
+        supervisor=supervisor,
     )
     names = {a for a in aliases if a} | {settings.api.model}
     # A start model read from a path (or a package outside the registry) cannot be reloaded by
     # name, so it is never unloaded.
     from_path = any(Path(n).expanduser().exists() for n in names)
     residency.adopt(engine, aliases=names, is_reloadable=False if from_path else None)
-    return ServingSystem(settings, loop, residency, source, metrics, engine.model_name)
+    return ServingSystem(
+        settings, loop, residency, source, metrics, engine.model_name, events=events
+    )

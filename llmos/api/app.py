@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,10 +24,11 @@ from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.openapi import install_openapi
+from llmos.api.os import events, probes, processes, security, stats
 from llmos.api.os import models as os_models
-from llmos.api.os import probes, processes, security, stats
 from llmos.config import Settings
 from llmos.kernel.residency import ServedEngine
+from llmos.monitor.events import EventKind
 from llmos.system import build_serving
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ ROUTERS = (
     probes.router,
     security.router,
     os_models.router,
+    events.router,
 )
 
 
@@ -64,18 +67,31 @@ def create_app(
     if settings.security.auth == "keys":
         from llmos.security.guard import Guard
 
-        ctx.guard = guard or Guard.open(settings)
+        ctx.guard = guard or Guard.open(settings, events=ctx.events)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.loop.start()
+        ctx.events.record(
+            EventKind.SERVER_STARTED,
+            message=f"llmos {llmos.__version__} started (pid {os.getpid()}), serving "
+            f"{ctx.default_model}",
+            version=llmos.__version__,
+            pid=os.getpid(),
+        )
         try:
             yield
         finally:
+            ctx.events.record(
+                EventKind.SERVER_STOPPING,
+                message=f"server stopping ({ctx.loop.num_live} live processes)",
+                num_live=ctx.loop.num_live,
+            )
             await asyncio.to_thread(ctx.loop.stop)
             ctx.residency.close()
             if ctx.guard is not None:
                 await asyncio.to_thread(ctx.guard.close)  # flush queued audit rows
+            await asyncio.to_thread(ctx.events.close)  # write queued events
 
     app = FastAPI(
         title="llmos",
@@ -115,4 +131,5 @@ def build_context(
         settings=settings,
         metrics=system.metrics,
         default_model=system.default_model,
+        events=system.events,
     )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from llmos.config import Settings
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.residency import Residency, ServedEngine
+    from llmos.monitor.eventlog import EventLog
     from llmos.monitor.metrics import Metrics
     from llmos.storage.registry import Registry
     from llmos.system import RegistrySource
@@ -41,6 +42,7 @@ class ServerContext:
     settings: Settings
     metrics: Metrics
     default_model: str  # the id of the model `llmos serve` started with
+    events: EventLog  # the persisted event log (GET /os/events)
     started_s: float = field(default_factory=time.time)
     guard: Any = None  # llmos.security.guard.Guard with `auth keys`; None with `auth none`
 

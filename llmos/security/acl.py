@@ -34,6 +34,7 @@ class Permission(enum.StrEnum):
     KEYS_MANAGE = "keys:manage"  # create, list, revoke API keys
     USERS_MANAGE = "users:manage"  # users, roles, quotas, model grants
     AUDIT_READ = "audit:read"  # audit tail/search/verify
+    EVENTS_READ = "events:read"  # the event log (loads, evictions, failures, refusals)
     SECURITY_ADMIN = "security:admin"  # master key rotation
 
 
@@ -101,6 +102,7 @@ ROUTE_PERMISSIONS: Final[dict[tuple[str, str], RouteRule]] = {
     ("DELETE", "/os/keys/{key_id}"): Permission.KEYS_MANAGE,
     ("GET", "/os/audit"): Permission.AUDIT_READ,
     ("POST", "/os/debug/faults"): Permission.SECURITY_ADMIN,  # test-only, see api/os/debug.py
+    ("GET", "/os/events"): Permission.EVENTS_READ,
     ("GET", "/os/models"): Permission.MODELS_READ,
     ("GET", "/os/models/{name}"): Permission.MODELS_READ,
     ("POST", "/os/models"): Permission.MODELS_FILES,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from llmos.config import SecurityConfig, Settings
-from llmos.errors import LlmosError, NotFound, Unauthenticated
+from llmos.errors import LlmosError, NotFound, QuotaExceeded, RateLimited, Unauthenticated
+from llmos.monitor.events import EventKind, EventSink, NoEvents
 from llmos.security.acl import ModelAcl
 from llmos.security.audit import AuditLog, load_audit_key
 from llmos.security.keys import ApiKeys, parse_key
@@ -85,10 +86,12 @@ class Guard:
         config: SecurityConfig,
         *,
         limiter: RateLimiter | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.db = db
         self.audit = audit
         self.config = config
+        self.events: EventSink = events or NoEvents()  # quota and rate-limit refusals
         self.keys = ApiKeys(db)
         self.acl = ModelAcl(db)
         self.quotas = Quotas(db)
@@ -101,9 +104,11 @@ class Guard:
         self._writer.start()
 
     @classmethod
-    def open(cls, settings: Settings, db: Database | None = None) -> Guard:
+    def open(
+        cls, settings: Settings, db: Database | None = None, *, events: EventSink | None = None
+    ) -> Guard:
         db = db or Database(settings.storage)
-        return cls(db, open_audit(db, settings), settings.security)
+        return cls(db, open_audit(db, settings), settings.security, events=events)
 
     # ---- authentication ----------------------------------------------------------------------
 
@@ -130,7 +135,11 @@ class Guard:
             return self.signins.fail(exc, client, parsed[0] if parsed else None)
         rpm = principal.requests_per_minute or self.config.default_requests_per_minute
         if rpm and principal.key_id:
-            self.limiter.take_request(principal.key_id, rpm)
+            try:
+                self.limiter.take_request(principal.key_id, rpm)
+            except RateLimited as exc:
+                self._refused(principal, None, exc)
+                raise
         return principal
 
     # ---- admission and settlement ------------------------------------------------------------
@@ -170,8 +179,28 @@ class Guard:
                 request_id=request_id,
                 details={"key_id": principal.key_id, "status": exc.status_code},
             )
+            self._refused(principal, model, exc)
             raise
         return Ticket(principal, model, client, request_id, num_prompt)
+
+    def _refused(self, principal: Principal, model: str | None, exc: LlmosError) -> None:
+        """A quota or rate-limit refusal as an event: the first of a burst per key and kind
+        (the repeats within a minute are counted into the next one)."""
+        if isinstance(exc, QuotaExceeded):
+            kind = EventKind.QUOTA_REFUSED
+        elif isinstance(exc, RateLimited):
+            kind = EventKind.RATE_LIMITED
+        else:
+            return
+        self.events.record(
+            kind,
+            model=model,
+            message=f"{principal.name} (key {principal.key_id or '-'}) refused: {exc.message}",
+            throttle_key=principal.key_id or principal.name,
+            user=principal.name,
+            key_id=principal.key_id,
+            code=exc.code,
+        )
 
     def settle(
         self,

@@ -3,7 +3,8 @@
 The key id is public (it names the key in lists, logs and the audit trail); the secret is 256
 random bits, so a fast hash is enough (no password stretching needed) and comparison is constant
 time. Every request resolves its key against the database, so revocation, expiry and a disabled
-user take effect on the very next request.
+user take effect on the very next request. Creating and revoking a key records an event in the
+same transaction (whichever face did it: the API or the CLI on the data dir).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from llmos.errors import InvalidRequest, NotFound, Unauthenticated
+from llmos.monitor.eventlog import append_event
+from llmos.monitor.events import EventKind
 from llmos.security.principals import Principal, Role, Users, quota_of
 from llmos.security.secretfile import read_secret_file, write_secret_file
 from llmos.security.tables import ApiKeyRow, UserRow
@@ -131,6 +134,14 @@ class ApiKeys:
             s.add(row)
             s.flush()
             info = _info(row, owner.name)
+            append_event(
+                s,
+                EventKind.KEY_CREATED,
+                message=f"API key {key_id} ({name}) created for {owner.name}",
+                key_id=key_id,
+                user=owner.name,
+                name=name,
+            )
         logger.info("api key %s created for user %s", key_id, info.user)
         return NewKey(info=info, secret=f"{KEY_PREFIX}-{key_id}-{secret}")
 
@@ -159,6 +170,9 @@ class ApiKeys:
                 raise NotFound(f"API key {key_id} not found", hint="see `llmos keys list`")
             if row.revoked_at is None:
                 row.revoked_at = self._now()
+                append_event(
+                    s, EventKind.KEY_REVOKED, message=f"API key {key_id} revoked", key_id=key_id
+                )
         logger.info("api key %s revoked", key_id)
         return self.get(key_id)
 

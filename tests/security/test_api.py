@@ -113,6 +113,7 @@ def _samples(model: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/os/keys"): {"json": {"name": "matrix"}},
         ("DELETE", "/os/keys/{key_id}"): {"path": {"key_id": "000000000000"}},
         ("GET", "/os/audit"): {},
+        ("GET", "/os/events"): {},
         ("GET", "/os/models"): {},
         ("GET", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
         # Re-importing the stored default model is a no-op that succeeds (deduplicated).

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from llmos.config import StorageConfig
 from llmos.storage.db import Database, SchemaTooNew
@@ -57,3 +59,35 @@ def test_a_newer_schema_is_refused_with_a_clear_message(storage_config):
     with pytest.raises(SchemaTooNew, match="newer than this llmos") as e:
         Database(storage_config)
     assert "upgrade llmos" in str(e.value)
+
+
+def _listing(root):
+    return {(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir()}
+
+
+def test_read_only_open_creates_migrates_and_writes_nothing(tmp_path):
+    config = StorageConfig(data_dir=tmp_path / "home")
+    Database(config).dispose()
+    before = _listing(config.data_dir)
+    ro = Database(config, read_only=True)
+    assert ro.revision() == ro.head_revision() and ro.integrity_check() == "ok"
+    with pytest.raises(OperationalError, match="readonly"), ro.session() as s:
+        s.execute(text("CREATE TABLE intruder (x INTEGER)"))
+    ro.dispose()
+    assert _listing(config.data_dir) == before  # no -wal/-shm left behind, nothing touched
+    # While another process has the database open, a read-only open sees its commits.
+    writer = sqlite3.connect(config.data_dir / "llmos.db")
+    try:
+        writer.execute("CREATE TABLE marker (x INTEGER)")
+        writer.execute("INSERT INTO marker VALUES (42)")
+        writer.commit()
+        ro = Database(config, read_only=True)
+        with ro.session() as s:
+            assert s.execute(text("SELECT x FROM marker")).scalar() == 42
+        ro.dispose()
+    finally:
+        writer.close()
+    missing = tmp_path / "nowhere"
+    with pytest.raises(OperationalError):
+        Database(StorageConfig(data_dir=missing), read_only=True).revision()
+    assert not missing.exists()
