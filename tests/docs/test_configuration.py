@@ -36,3 +36,12 @@ def test_toml_in_data_dir_is_read_and_env_wins(tmp_path, monkeypatch):
     s = Settings()
     assert s.kernel.max_num_seqs == 5
     assert s.kernel.max_model_len == 1234
+
+
+def test_memory_budget_is_the_setting_else_a_share_of_usable_ram(monkeypatch):
+    from llmos.config import KernelConfig, physical_memory_bytes
+
+    assert KernelConfig().memory_budget(total_ram_bytes=10_000) == 8_000
+    assert 0 < KernelConfig().memory_budget() == int(physical_memory_bytes() * 0.8)
+    monkeypatch.setenv("LLMOS_KERNEL__MEMORY_BUDGET_BYTES", "12345")
+    assert Settings().kernel.memory_budget(total_ram_bytes=10_000) == 12345
