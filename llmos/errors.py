@@ -110,6 +110,38 @@ class ModelNotResident(LlmosError):
     error_type = "server_error"
 
 
+class InsufficientMemory(ModelNotResident):
+    """A model whose load does not fit the memory budget (`kernel.memory_budget_bytes`)."""
+
+    code = "insufficient_memory"
+
+    def __init__(
+        self, model_id: str, need_bytes: int, budget_bytes: int, used_bytes: int, *, never: bool
+    ) -> None:
+        mib = 1 << 20
+        if never:
+            message = (
+                f"The model {model_id!r} needs about {need_bytes // mib} MiB to load, more than "
+                f"the whole memory budget of {budget_bytes // mib} MiB."
+            )
+            hint = (
+                "raise kernel.memory_budget_bytes, lower memory.kv_cache_bytes or "
+                "memory.swap_bytes, or serve a smaller model"
+            )
+            self.headers = {"x-should-retry": "false"}
+        else:
+            message = (
+                f"The model {model_id!r} needs about {need_bytes // mib} MiB to load; "
+                f"{used_bytes // mib} MiB of the {budget_bytes // mib} MiB memory budget are held "
+                "by resident models that are busy."
+            )
+            hint = "retry when they are idle, or raise kernel.memory_budget_bytes"
+            self.headers = {"Retry-After": "5"}
+        super().__init__(message, param="model", hint=hint)
+        self.need_bytes = need_bytes
+        self.budget_bytes = budget_bytes
+
+
 class Overloaded(LlmosError):
     status_code = 503
     code = "overloaded"

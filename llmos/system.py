@@ -71,6 +71,7 @@ def load_engine(
     settings = settings or Settings()
     set_compute_threads(settings.kernel.num_threads)
     served, source = locate_model(ref, settings)
+    check_memory_budget(name or served or str(source), source, settings)
     files = load_model_files(source)
     model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
     return Engine(
@@ -82,6 +83,27 @@ def load_engine(
         memory=settings.memory,
         pids=pids,
     )
+
+
+def load_bytes(source: str | Path, settings: Settings) -> int:
+    """The most memory loading `source` (a file or folder; 0 for a packaged name the loader
+    resolves) takes with these settings: the weights' load peak, the KV pool, the swap area."""
+    from llmos.models.footprint import estimate_load_bytes
+
+    if not isinstance(source, Path) and not Path(source).exists():
+        return 0
+    m = settings.memory
+    return estimate_load_bytes(source, m.kv_cache_bytes, m.swap_bytes)
+
+
+def check_memory_budget(model: str, source: str | Path, settings: Settings) -> None:
+    """Refuse, before reading any weight, a model whose load can never fit the memory budget."""
+    from llmos.errors import InsufficientMemory
+
+    budget = settings.kernel.memory_budget()
+    need = load_bytes(source, settings)
+    if need > budget:
+        raise InsufficientMemory(model, need, budget, 0, never=True)
 
 
 def served_name(ref: str) -> str | None:
@@ -127,6 +149,9 @@ class RegistrySource:
 
     def check(self, model_id: str) -> None:
         self.registry.resolve(model_id)  # hashes the blobs once: ModelCorrupted
+
+    def load_bytes(self, model_id: str) -> int:
+        return load_bytes(self.registry.resolve(model_id), self.settings)
 
     def load(self, model_id: str, pids: Iterator[int]) -> ServedEngine:
         # The verified blob (a `.gguf` link or an HF folder of links in the data dir), never a
@@ -198,6 +223,7 @@ def build_serving(
         max_resident=settings.kernel.max_resident_models,
         events=events,
         supervisor=supervisor,
+        memory_budget_bytes=k.memory_budget(),
     )
     names = {a for a in aliases if a} | {settings.api.model}
     # A start model read from a path (or a package outside the registry) cannot be reloaded by

@@ -28,6 +28,7 @@ from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Batch, Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
+from llmos.models.footprint import tensor_bytes
 from llmos.models.registry import CausalLM
 from llmos.ops.cpu import KVCache
 
@@ -196,6 +197,10 @@ class Engine:
     def name(self) -> str:
         """The name the driver ticks this engine by (the model's)."""
         return self.model_name
+
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors this engine holds: weights, KV pool and swap area."""
+        return tensor_bytes((self.model, self.kv))
 
     def rebuild(self) -> Engine:
         """A fresh engine (new KV pool, scheduler, process table) around the same weights."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from llmos.errors import (
     Conflict,
+    InsufficientMemory,
     LlmosError,
     ModelNotResident,
     NotFound,
@@ -46,6 +47,10 @@ class ServedEngine(EngineLike, Protocol):
         """A fresh engine (new KV pool and process table) around the same weights."""
         ...
 
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors it holds (weights, KV pool, swap area)."""
+        ...
+
 
 class ModelSource(Protocol):
     """Where models come from: which names exist, and how to build an engine for one."""
@@ -62,6 +67,10 @@ class ModelSource(Protocol):
         """A new engine serving `model_id`, drawing pids from `pids`."""
         ...
 
+    def load_bytes(self, model_id: str) -> int:
+        """The most memory loading `model_id` takes (an estimate from its files)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Resident:
@@ -70,6 +79,7 @@ class _Resident:
     is_reloadable: bool | None
     last_used_s: float
     num_pins: int = 0
+    num_bytes: int = 0  # measured after loading (weights + KV pool + swap area)
 
 
 class Residency:
@@ -83,10 +93,12 @@ class Residency:
         max_resident: int,
         events: EventSink | None = None,
         supervisor: Supervisor | None = None,
+        memory_budget_bytes: int = 0,
     ) -> None:
         self.loop = loop
         self.source = source
         self.max_resident = max_resident
+        self.memory_budget_bytes = memory_budget_bytes  # 0: no budget
         self.supervisor = supervisor or Supervisor()
         loop.on_engine_failure = self._on_engine_failure
         loop.on_stall = self.supervisor.set_stalled
@@ -115,8 +127,11 @@ class Residency:
         `is_reloadable=None` asks the source, when it matters, whether it can load the model
         again by its id; a model that cannot be reloaded is never unloaded."""
         self.loop.add_engine(engine)
+        num_bytes = engine.memory_bytes()
         with self._lock:
-            self._resident[engine.model_name] = _Resident(engine, is_reloadable, time.monotonic())
+            self._resident[engine.model_name] = _Resident(
+                engine, is_reloadable, time.monotonic(), num_bytes=num_bytes
+            )
             for alias in aliases:
                 if alias and alias != engine.model_name:
                     self._aliases[alias] = engine.model_name
@@ -251,18 +266,25 @@ class Residency:
                 return r.engine
             started_s = time.monotonic()
             parked = self._parked.pop(model_id, None)
+            is_reloadable = parked is None
             if parked is not None:  # a start model after its crash-loop cool-down
-                self._make_room(model_id)
+                self._make_room(model_id, parked.memory_bytes())
                 engine = parked.rebuild()
                 del parked
             else:
-                # Checked before anything is unloaded: a corrupt model must not evict a good one.
+                # Checked before anything is unloaded: a corrupt model must not evict a good one,
+                # nor one that can never fit the memory budget.
                 self._guarded(model_id, lambda: self.source.check(model_id))
-                self._make_room(model_id)
+                need = self._guarded(model_id, lambda: self.source.load_bytes(model_id))
+                self._check_budget(model_id, need)
+                self._make_room(model_id, need)
                 engine = self._guarded(model_id, lambda: self.source.load(model_id, self.loop.pids))
+            num_bytes = engine.memory_bytes()
             self.loop.add_engine(engine)
             with self._lock:
-                self._resident[model_id] = _Resident(engine, True, time.monotonic())
+                self._resident[model_id] = _Resident(
+                    engine, is_reloadable, time.monotonic(), num_bytes=num_bytes
+                )
             load_s = time.monotonic() - started_s
             logger.info("model %s resident (loaded in %.1f s)", model_id, load_s)
             self.events.record(
@@ -344,7 +366,9 @@ class Residency:
         del keep
         self.loop.add_engine(engine)
         with self._lock:
-            self._resident[model_id] = _Resident(engine, is_reloadable, time.monotonic())
+            self._resident[model_id] = _Resident(
+                engine, is_reloadable, time.monotonic(), num_bytes=engine.memory_bytes()
+            )
         self.supervisor.restarted(model_id)
         if self.loop.metrics is not None:
             self.loop.metrics.model(model_id).engine_restarted()
@@ -367,14 +391,29 @@ class Residency:
             self.supervisor.policy.crashloop_cooldown_s,
         )
 
-    def _make_room(self, model_id: str) -> None:
-        """Unload least recently used idle models until one more fits, or raise Overloaded."""
+    def used_bytes(self) -> int:
+        """Measured bytes of the resident models (weights, KV pools, swap areas)."""
+        with self._lock:
+            return sum(r.num_bytes for r in self._resident.values())
+
+    def _check_budget(self, model_id: str, need_bytes: int) -> None:
+        """Refuse a model whose load can never fit the memory budget."""
+        if self.memory_budget_bytes and need_bytes > self.memory_budget_bytes:
+            raise InsufficientMemory(model_id, need_bytes, self.memory_budget_bytes, 0, never=True)
+
+    def _make_room(self, model_id: str, need_bytes: int = 0) -> None:
+        """Unload least recently used idle models until one more fits (the count and the memory
+        budget), or raise Overloaded / InsufficientMemory."""
         for rid, r in list(self._resident.items()):
             if r.is_reloadable is None:
                 r.is_reloadable = self.source.find(rid) == rid
-        freed: list[tuple[str, float]] = []  # (model id, idle seconds)
+        freed: list[tuple[str, float, EvictReason]] = []  # (model id, idle seconds, why)
+        budget = self.memory_budget_bytes
         with self._lock:
-            while len(self._resident) >= self.max_resident:
+            while len(self._resident) >= self.max_resident or (
+                budget and sum(r.num_bytes for r in self._resident.values()) + need_bytes > budget
+            ):
+                by_count = len(self._resident) >= self.max_resident
                 idle = sorted(
                     (r.last_used_s, rid)
                     for rid, r in self._resident.items()
@@ -383,6 +422,9 @@ class Residency:
                 victim = next(
                     (rid for _, rid in idle if self.loop.remove_engine(rid) is not None), None
                 )
+                if victim is None and not by_count:
+                    used = sum(r.num_bytes for r in self._resident.values())
+                    raise InsufficientMemory(model_id, need_bytes, budget, used, never=False)
                 if victim is None:
                     raise Overloaded(
                         f"Cannot load {model_id}: all {len(self._resident)} resident models "
@@ -392,16 +434,18 @@ class Residency:
                         hint="retry when a resident model is idle, or raise "
                         "kernel.max_resident_models",
                     )
-                freed.append((victim, time.monotonic() - self._resident[victim].last_used_s))
+                why = EvictReason.LRU if by_count else EvictReason.MEMORY
+                freed.append((victim, time.monotonic() - self._resident[victim].last_used_s, why))
                 self._forget(victim)
-                logger.info("model %s unloaded (least recently used) to load %s", victim, model_id)
-        for victim, idle_s in freed:
+                logger.info("model %s unloaded (%s) to load %s", victim, why.value, model_id)
+        for victim, idle_s, why in freed:
+            what = "least recently used" if why is EvictReason.LRU else "to fit the memory budget"
             self.events.record(
                 EventKind.MODEL_EVICTED,
                 model=victim,
                 message=f"{victim} unloaded to make room for {model_id} "
-                f"(least recently used: idle {format_duration_s(idle_s)})",
-                reason=EvictReason.LRU.value,
+                f"({what}: idle {format_duration_s(idle_s)})",
+                reason=why.value,
                 for_model=model_id,
                 idle_s=round(idle_s, 1),
             )
