@@ -89,8 +89,10 @@ def test_prefix_cache_shows_in_usage(http: httpx.Client) -> None:
 
 
 def test_probes_and_metrics(http: httpx.Client, server_url: str) -> None:
-    assert http.get("/health").json() == {"status": "ok", "reasons": []}
-    assert http.get("/ready").json() == {"status": "ok", "reasons": []}
+    for probe in ("/health", "/ready"):
+        report = http.get(probe).json()
+        assert report["status"] == "ok" and report["reasons"] == [], report
+        assert all(m["state"] == "ok" for m in report.get("models", [])), report
     assert http.get("/version").json()["version"]
     before = Scrape(server_url)
     usage = http.post(
