@@ -30,7 +30,14 @@ from llmos.errors import (
 )
 from llmos.kernel.loop import EngineLike, EngineLoop
 from llmos.kernel.supervisor import Action, HealthView, Supervisor
-from llmos.monitor.events import EventKind, EventSink, EvictReason, NoEvents, format_duration_s
+from llmos.monitor.events import (
+    EventKind,
+    EventSink,
+    EvictReason,
+    NoEvents,
+    Severity,
+    format_duration_s,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +108,7 @@ class Residency:
         self.memory_budget_bytes = memory_budget_bytes  # 0: no budget
         self.supervisor = supervisor or Supervisor()
         loop.on_engine_failure = self._on_engine_failure
-        loop.on_stall = self.supervisor.set_stalled
+        loop.on_stall = self._on_stall
         # Engines of models the source cannot load again (a start model from a path), kept
         # after a crash loop so a rebuild is possible once the cool-down ends.
         self._parked: dict[str, ServedEngine] = {}
@@ -331,10 +338,37 @@ class Residency:
         model_id = engine.model_name
         action = self.supervisor.record_failure(model_id, error, needs_rebuild=needs_rebuild)
         logger.error("model %s: a tick failed (%s); %s", model_id, error, action.value)
+        what = "all its processes" if needs_rebuild else "the processes of its batch"
+        self.events.record(
+            EventKind.ENGINE_FAILED,
+            model=model_id,
+            message=f"a tick of {model_id} failed ({error}); {what} ended with an error",
+            throttle_key=model_id,  # a failing model must not flood the log
+            error=error,
+            action=action.value,
+        )
         if action is Action.RESTART:
             self._loader.submit(self._restart, model_id)
         elif action is Action.CRASHLOOP:
             self._loader.submit(self._give_up, model_id, error)
+
+    def _on_stall(self, model_id: str, is_stalled: bool) -> None:
+        """From the watchdog: a tick of `model_id` does not return (or came back)."""
+        self.supervisor.set_stalled(model_id, is_stalled)
+        if is_stalled:
+            self.events.record(
+                EventKind.ENGINE_STALLED,
+                model=model_id,
+                message=f"a tick of {model_id} has not returned "
+                f"(kernel.watchdog_timeout_s); live streams were ended",
+            )
+        else:
+            self.events.record(
+                EventKind.ENGINE_STALLED,
+                model=model_id,
+                severity=Severity.INFO,
+                message=f"the stalled tick of {model_id} returned; the engine ticks again",
+            )
 
     def _take_out(self, model_id: str, reason: str) -> ServedEngine | None:
         """Evict a model's engine (ending its live processes) and drop it from the resident
@@ -361,6 +395,12 @@ class Residency:
                 self._parked[model_id] = keep
             logger.error("model %s could not be rebuilt: %s", model_id, exc)
             self.supervisor.restart_failed(model_id, f"rebuild failed: {exc}")
+            self.events.record(
+                EventKind.ENGINE_CRASHLOOP,
+                model=model_id,
+                message=f"{model_id} could not be rebuilt ({exc}); refused for a while",
+                error=str(exc),
+            )
             return
         is_reloadable = keep is None
         del keep
@@ -372,6 +412,13 @@ class Residency:
         self.supervisor.restarted(model_id)
         if self.loop.metrics is not None:
             self.loop.metrics.model(model_id).engine_restarted()
+        restarts = self.supervisor.health(model_id).restarts
+        self.events.record(
+            EventKind.ENGINE_RESTARTED,
+            model=model_id,
+            message=f"{model_id}: engine rebuilt after repeated failures (restart {restarts})",
+            restarts=restarts,
+        )
         logger.warning(
             "model %s: engine rebuilt (restart %d)",
             model_id,
@@ -384,6 +431,14 @@ class Residency:
         if keep is not None:
             self._parked[model_id] = keep
         gc.collect()
+        cooldown_s = self.supervisor.policy.crashloop_cooldown_s
+        self.events.record(
+            EventKind.ENGINE_CRASHLOOP,
+            model=model_id,
+            message=f"{model_id} keeps failing ({error}); unloaded and refused for "
+            f"{format_duration_s(cooldown_s)}",
+            error=error,
+        )
         logger.error(
             "model %s is crash-looping (%s); refused for %.0f s",
             model_id,

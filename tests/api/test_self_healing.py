@@ -150,6 +150,14 @@ def test_repeated_failures_become_a_crash_loop_the_other_model_serves(
     assert body["status"] == "degraded" and "engine_crashloop" in body["reasons"]
     states = {m["model"]: m["state"] for m in body["models"]}
     assert states == {SMOLLM2: "crashloop", GEMMA: "ok"}
+    # The event log tells the story: failures, the rebuild, the crash loop; nothing of Gemma's.
+    events = http.get("/os/events", params={"model": SMOLLM2, "limit": 500}).json()["data"]
+    kinds = {e["kind"] for e in events}
+    assert {"engine_failed", "engine_restarted", "engine_crashloop"} <= kinds
+    crash = [e for e in events if e["kind"] == "engine_crashloop"][-1]
+    assert crash["severity"] == "error" and "injected fault" in crash["message"]
+    gemma = http.get("/os/events", params={"model": GEMMA, "limit": 500}).json()["data"]
+    assert not [e for e in gemma if e["kind"].startswith("engine_")]
 
 
 def test_a_production_server_refuses_the_fault_hook(tmp_path: Path) -> None:

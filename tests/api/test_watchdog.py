@@ -75,6 +75,8 @@ def test_a_hung_tick_is_reported_and_cleared(recovering: ServerProcess) -> None:
     r = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
     assert r.status_code == 200, r.text
     assert wait_until(lambda: httpx.get(f"{url}/os/stats").json()["num_live"] == 0)
+    stalls = httpx.get(f"{url}/os/events", params={"kind": "engine_stalled"}).json()["data"]
+    assert [e["severity"] for e in stalls] == ["error", "info"]  # stalled, then recovered
 
 
 def test_a_tick_stuck_past_the_exit_limit_exits_non_zero() -> None:
