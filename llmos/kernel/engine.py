@@ -20,7 +20,7 @@ import torch
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.errors import ContextTooLong, InvalidRequest
 from llmos.kernel.memory import BlockPool, cache_namespace
-from llmos.kernel.outputs import EngineStats, ProcessOutput, TickFailed
+from llmos.kernel.outputs import EngineStats, KernelTimes, ProcessOutput, TickFailed
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
 from llmos.kernel.runner import ModelRunner
@@ -297,6 +297,8 @@ class Engine:
         now = time.time()
         if proc.first_token_s is None:
             proc.first_token_s = now
+            proc.first_token_mono_s = time.monotonic()
+            proc.preempted_before_first_token_s = proc.preempted_s
         self._counters["generated_tokens"] += 1
         tracker = self._trackers[proc.pid]
         text, stop_state = tracker.push(proc, token_id, self.eos_token_ids, self.max_model_len)
@@ -318,6 +320,12 @@ class Engine:
         self._counters[f"finished_{state.value}"] += 1
         out.finished = True
         out.finish_reason = state.finish_reason
+        out.kernel_times = KernelTimes(
+            proc.scheduled_mono_s,
+            proc.first_token_mono_s,
+            proc.preempted_s,
+            proc.preempted_before_first_token_s,
+        )
         return self._fill(proc, out)
 
     @staticmethod

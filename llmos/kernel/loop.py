@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
 from llmos.errors import KernelDead, ModelNotResident, Overloaded
-from llmos.kernel.outputs import EngineStats, ProcessOutput, TickFailed
+from llmos.kernel.outputs import EngineStats, ProcessOutput, RequestTiming, TickFailed
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
@@ -644,6 +644,11 @@ def _record(m: ModelMetrics | None, live: _Live, out: ProcessOutput, now_s: floa
         live.last_token_s = now_s
         if m is not None:
             m.generation_tokens.inc(len(out.new_token_ids))
+    if out.finished and out.kernel_times is not None:
+        out.timing = RequestTiming.of(live.arrival_s, now_s, out.kernel_times, out)
+        if m is not None:
+            t = out.timing
+            m.request_timing(t.queue_s, t.prefill_s, t.decode_s, t.preempted_s)
     if out.finished and m is not None:
         m.e2e_s.observe(now_s - live.arrival_s)
         m.process_finished(out.finish_reason or "stop")

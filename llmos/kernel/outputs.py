@@ -5,6 +5,67 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True, slots=True)
+class KernelTimes:
+    """A process's life inside the kernel, monotonic seconds (None: it never got that far)."""
+
+    scheduled_s: float | None
+    first_token_s: float | None
+    preempted_s: float
+    preempted_before_first_token_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """Where a request's time went, in seconds: the parts add up to `total_s`, the time from
+    the server receiving the request to its last token.
+
+    queue: received -> first scheduled; prefill: -> first token; decode: -> last token (each
+    without the time preempted, which is `preempted_s`)."""
+
+    queue_s: float
+    prefill_s: float
+    decode_s: float
+    preempted_s: float
+    total_s: float
+    cached_prompt_tokens: int
+    output_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens per second of decoding (0 when nothing was decoded)."""
+        return self.output_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @classmethod
+    def of(
+        cls, arrival_s: float, finished_s: float, k: KernelTimes, out: ProcessOutput
+    ) -> RequestTiming:
+        scheduled = finished_s if k.scheduled_s is None else k.scheduled_s
+        first = finished_s if k.first_token_s is None else k.first_token_s
+        preempted_early = k.preempted_before_first_token_s
+        return cls(
+            queue_s=max(0.0, scheduled - arrival_s),
+            prefill_s=max(0.0, first - scheduled - preempted_early),
+            decode_s=max(0.0, finished_s - first - (k.preempted_s - preempted_early)),
+            preempted_s=k.preempted_s,
+            total_s=max(0.0, finished_s - arrival_s),
+            cached_prompt_tokens=out.num_cached_tokens,
+            output_tokens=out.num_output_tokens,
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "queue_s": round(self.queue_s, 6),
+            "prefill_s": round(self.prefill_s, 6),
+            "decode_s": round(self.decode_s, 6),
+            "preempted_s": round(self.preempted_s, 6),
+            "total_s": round(self.total_s, 6),
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens_per_s": round(self.tokens_per_s, 3),
+        }
+
+
 @dataclass(slots=True)
 class ProcessOutput:
     """What one process produced in one tick (a delta), plus its totals so far.
@@ -23,6 +84,8 @@ class ProcessOutput:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     error: str | None = None
+    kernel_times: KernelTimes | None = None  # on the finished output: what the kernel saw
+    timing: RequestTiming | None = None  # on the finished output: added by the driver
 
 
 class TickFailed(Exception):

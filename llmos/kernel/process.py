@@ -93,6 +93,12 @@ class Process:
     first_token_s: float | None = None
     finished_s: float | None = None
     num_preemptions: int = 0
+    # Monotonic clock, for a request's timing breakdown (kernel.outputs.RequestTiming).
+    scheduled_mono_s: float | None = None  # first put into a batch
+    first_token_mono_s: float | None = None
+    preempted_since_s: float | None = None  # while preempted
+    preempted_s: float = 0.0  # total time preempted so far
+    preempted_before_first_token_s: float = 0.0
     is_swapped: bool = False  # its KV lives in the swap area, not the pool
     seq_no: int = 0  # admission order (FCFS tie-break), set by the scheduler
     error: str | None = None

@@ -9,6 +9,7 @@ and no swap slots.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from llmos.kernel.memory import BlockPool
@@ -200,6 +201,12 @@ class Scheduler:
     def _run(self, proc: Process) -> None:
         proc.state = ProcessState.RUNNING
         self.running.append(proc)
+        now_s = time.monotonic()
+        if proc.scheduled_mono_s is None:
+            proc.scheduled_mono_s = now_s
+        if proc.preempted_since_s is not None:
+            proc.preempted_s += now_s - proc.preempted_since_s
+            proc.preempted_since_s = None
 
     def _add(self, batch: Batch, proc: Process, n: int) -> int:
         assert n >= 1
@@ -212,6 +219,7 @@ class Scheduler:
         self.running.remove(proc)
         proc.num_preemptions += 1
         self.num_preemptions += 1
+        proc.preempted_since_s = time.monotonic()
         batch.preempted.append(proc)
         proc.state = ProcessState.PREEMPTED
         num_blocks = self.blocks_for(proc.num_computed_tokens)

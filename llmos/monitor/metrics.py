@@ -127,6 +127,12 @@ class ModelMetrics:
         self._finished = metrics.finished
         self._rejected = metrics.rejected
         self._failures = metrics.engine_failures.labels(model_name)
+        self._timing = (
+            metrics.queue_time_s.labels(model_name),
+            metrics.prefill_time_s.labels(model_name),
+            metrics.decode_time_s.labels(model_name),
+            metrics.preempted_time_s.labels(model_name),
+        )
         self._restarts = metrics.engine_restarts.labels(model_name)
 
     def process_finished(self, finish_reason: str) -> None:
@@ -134,6 +140,15 @@ class ModelMetrics:
 
     def admission_rejected(self, reason: str) -> None:
         self._rejected.labels(self.model_name, reason).inc()
+
+    def request_timing(
+        self, queue_s: float, prefill_s: float, decode_s: float, preempted_s: float
+    ) -> None:
+        """Where one finished request's time went (see kernel.outputs.RequestTiming)."""
+        for histogram, seconds in zip(
+            self._timing, (queue_s, prefill_s, decode_s, preempted_s), strict=True
+        ):
+            histogram.observe(seconds)
 
     def engine_failed(self) -> None:
         self._failures.inc()
@@ -193,6 +208,34 @@ class Metrics:
             "llmos:admission_rejected",
             "Requests refused at the door, by reason.",
             ["model_name", "reason"],
+            registry=r,
+        )
+        self.queue_time_s = Histogram(
+            "llmos:request_queue_time_seconds",
+            "Request received to first scheduled in a tick.",
+            labels,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.prefill_time_s = Histogram(
+            "llmos:request_prefill_time_seconds",
+            "First scheduled to first token, without time preempted.",
+            labels,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.decode_time_s = Histogram(
+            "llmos:request_decode_time_seconds",
+            "First token to last token, without time preempted.",
+            labels,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.preempted_time_s = Histogram(
+            "llmos:request_preempted_time_seconds",
+            "Time a request spent preempted (swapped out or waiting to be recomputed).",
+            labels,
+            buckets=E2E_BUCKETS_S,
             registry=r,
         )
         self.engine_failures = Counter(

@@ -108,7 +108,12 @@ class _Reply:
                 for c in choices
             ],
             "usage": sv.usage(choices),
-        }
+        } | self._timing(choices)
+
+    def _timing(self, choices: list[sv.Choice]) -> dict[str, Any]:
+        """The llmos `timing` extension, when the request asked for it."""
+        found = sv.timing(choices) if self.body.timing else None
+        return {"timing": found} if found is not None else {}
 
     def _logprobs(self, token_ids: list[int], lps: list[dict[int, float]]) -> dict[str, Any] | None:
         if not self.body.logprobs:
@@ -127,7 +132,12 @@ class _Reply:
         text, raw = self.token_text.entry(token_id)
         return {"token": text, "logprob": logprob, "bytes": raw}
 
-    def _chunk(self, choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> str:
+    def _chunk(
+        self,
+        choice: dict[str, Any] | None,
+        usage: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
         data: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -138,7 +148,7 @@ class _Reply:
         }
         if self.body.include_usage:
             data["usage"] = usage
-        return sv.sse(data)
+        return sv.sse(data | extra)
 
     async def events(
         self, stream: OutputStream, choices: dict[int, sv.Choice]
@@ -179,4 +189,6 @@ class _Reply:
                 )
         if self.body.include_usage:
             yield self._chunk(None, sv.usage(list(choices.values())))
+        if self.body.timing:  # after every choice finished: a chunk with no choices
+            yield self._chunk(None, None, **self._timing(list(choices.values())))
         yield sv.sse("[DONE]")

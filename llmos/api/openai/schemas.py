@@ -130,6 +130,11 @@ class SamplingFields(_Lenient):
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(None, ge=0)
     stop_token_ids: list[int] | None = None
+    timing: bool | None = Field(
+        False,
+        description="llmos: add a `timing` object to the response (seconds in queue, prefill, "
+        "decode and preempted, their total, cached prompt tokens, decode tokens/s).",
+    )
     cache_salt: str | None = Field(
         None,
         min_length=1,

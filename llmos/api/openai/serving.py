@@ -23,7 +23,7 @@ from llmos.api.deps import ServerContext
 from llmos.api.openai.schemas import SamplingFields
 from llmos.errors import ContextTooLong, InvalidRequest, LlmosError
 from llmos.kernel.loop import OutputStream
-from llmos.kernel.outputs import ProcessOutput
+from llmos.kernel.outputs import ProcessOutput, RequestTiming
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
 from llmos.kernel.residency import ServedEngine
@@ -69,6 +69,7 @@ class Choice:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
+    timing: RequestTiming | None = None
 
     def add(self, out: ProcessOutput) -> None:
         self.text += out.new_text
@@ -81,6 +82,7 @@ class Choice:
         if out.finished:
             self.finish_reason = out.finish_reason
             self.error = out.error
+            self.timing = out.timing
 
 
 def new_id(prefix: str) -> str:
@@ -198,6 +200,22 @@ def raise_for_failures(choices: Iterable[Choice]) -> None:
             )
         if c.finish_reason == "error":
             raise ProcessFailed(f"Generation failed: {c.error or 'unknown error'}.")
+
+
+def timing(choices: Iterable[Choice]) -> dict[str, Any] | None:
+    """The `timing` extension: the breakdown of the choice that finished last (with n > 1,
+    every choice's own under `choices`)."""
+    timed = [c for c in choices if c.timing is not None]
+    if not timed:
+        return None
+    last = max(timed, key=lambda c: c.timing.total_s if c.timing else 0.0)
+    assert last.timing is not None
+    data: dict[str, Any] = last.timing.as_dict()
+    if len(timed) > 1:
+        data["choices"] = [
+            {"index": c.index, **c.timing.as_dict()} for c in timed if c.timing is not None
+        ]
+    return data
 
 
 def usage(choices: list[Choice]) -> dict[str, Any]:
