@@ -8,10 +8,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmos.errors import ModelLoadError
+
+# The family (ModelConfig.architecture, the key of models.registry) that runs each architecture a
+# file declares (GGUF general.architecture, HF model_type; see llmos.storage.formats).
+FAMILIES: dict[str, str] = {
+    "llama": "llama", "mistral": "llama", "qwen2": "llama", "smollm": "llama", "smollm2": "llama",
+    "gemma3": "gemma3", "gemma3_text": "gemma3",
+}  # fmt: skip
+
+
+def family_of(architecture: str, source: str) -> str:
+    """The family running `architecture`; ModelLoadError naming `source` if there is none."""
+    family = FAMILIES.get(architecture)
+    if family is None:
+        raise ModelLoadError(
+            f"{source}: architecture {architecture!r} is not supported",
+            hint="supported: " + ", ".join(sorted(FAMILIES)),
+        )
+    return family
+
 
 @dataclass(slots=True)
 class ModelConfig:
-    architecture: str  # registry key: "llama" (llama, mistral, qwen2, smollm) or "gemma3"
+    architecture: str  # the family: "llama" or "gemma3" (FAMILIES maps what files declare)
     vocab_size: int
     hidden_size: int
     intermediate_size: int

@@ -12,11 +12,13 @@ stays resident: SmolLM2 with that pool holds 358 MiB, Gemma 797 MiB).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from llmos.storage.formats import gguf as gguf_format
+from llmos.storage.formats import hf_folder
 
 FLOAT32_BYTES = 4
 LOAD_PEAK_FACTOR = 2.5
@@ -32,18 +34,9 @@ def estimate_weight_bytes(path: str | Path) -> int:
     """Bytes of every weight of the model at `path` (a .gguf file or an HF folder) as float32."""
     path = Path(path)
     if path.is_dir():
-        from llmos.models.loader import check_safetensors_header, safetensors_files
-
-        num = 0
-        for file in safetensors_files(path):
-            for name, info in check_safetensors_header(file).items():
-                if name != "__metadata__" and isinstance(info, dict):
-                    num += math.prod(int(d) for d in info.get("shape", ()))
-        return num * FLOAT32_BYTES
-    from llmos.models.gguf import read_gguf
-
-    gf = read_gguf(path)
-    return sum(math.prod(t.shape) for t in gf.tensors.values()) * FLOAT32_BYTES
+        return hf_folder.read_folder(path).parameters * FLOAT32_BYTES
+    tensors = gguf_format.read_header(path).tensors.values()
+    return sum(t.num_elements for t in tensors) * FLOAT32_BYTES
 
 
 def tensor_bytes(root: Any) -> int:

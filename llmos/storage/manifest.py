@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from llmos.storage.formats import gguf, hf_folder
+
 ModelFormat = Literal["gguf", "hf"]
 FileRole = Literal["weights", "config", "tokenizer", "template", "other"]
 DatasetFormat = Literal["chat", "completion"]
@@ -46,6 +48,12 @@ class ModelManifest(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
+
+    @property
+    def context_length(self) -> int:
+        """The trained context, chosen from `config` by the format's reader, as the loader does."""
+        reader = gguf if self.format == "gguf" else hf_folder
+        return reader.context_length(self.config)
 
     @property
     def main_file(self) -> ModelFile:

@@ -23,8 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from llmos.errors import Conflict, InvalidModelFile, InvalidRequest, ModelCorrupted, NotFound
 from llmos.storage.blobs import CHUNK_BYTES, DigestMismatch, ProgressFn, hash_file
-from llmos.storage.gguf_meta import GGUF_MAGIC, read_gguf_info
-from llmos.storage.hf_meta import read_hf_folder, refuse_pickle
+from llmos.storage.formats import gguf, hf_folder
 from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 from llmos.storage.manifest import ModelFile, ModelManifest
 from llmos.storage.names import ModelRef, validate_name
@@ -478,17 +477,18 @@ def _prepare(path: Path) -> _Prepared:
     """Inspect an import source (bounded; nothing written); InvalidModelFile if unusable."""
     if not path.exists():
         raise NotFound(f"{path} does not exist")
-    refuse_pickle(path)
+    hf_folder.refuse_pickle(path)
     if path.is_dir():
-        info = read_hf_folder(path)
+        info = hf_folder.read_folder(path)
+        hf_folder.check_json_files(info)
         return _Prepared(
             format="hf",
-            architecture=info.architecture,
+            architecture=info.facts.architecture,
             parameters=info.parameters,
             quantization=info.quantization,
             config=info.config,
             tokenizer=info.tokenizer,
-            chat_template=info.chat_template,
+            chat_template=info.facts.chat_template,
             files={n: (path / n, role) for n, role in info.files.items()},
         )
     if not path.is_file():
@@ -500,7 +500,7 @@ def _prepare(path: Path) -> _Prepared:
         )
     with path.open("rb") as f:
         magic = f.read(4)
-    if magic != GGUF_MAGIC:
+    if magic != gguf.GGUF_MAGIC:
         raise InvalidModelFile(
             f"{path.name} is neither a GGUF file nor an HF folder (magic {magic!r})",
             hint="llmos imports GGUF files and safetensors folders",
@@ -509,18 +509,18 @@ def _prepare(path: Path) -> _Prepared:
 
 
 def _prepare_gguf(path: Path, fname: str) -> _Prepared:
-    info = read_gguf_info(path)
+    info = gguf.describe(gguf.read_header(path))
     config = dict(info.config)
     config["gguf.version"] = info.version
     config["gguf.tensor_count"] = info.num_tensors
     return _Prepared(
         format="gguf",
-        architecture=info.architecture,
+        architecture=info.facts.architecture,
         parameters=info.parameters,
         quantization=info.quantization,
         config=config,
         tokenizer=info.tokenizer,
-        chat_template=info.chat_template,
+        chat_template=info.facts.chat_template,
         files={fname: (path, "weights")},
     )
 

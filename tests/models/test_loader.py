@@ -16,13 +16,9 @@ from tokenizers.models import BPE
 
 from llmos.errors import ModelLoadError
 from llmos.models import loader
-from llmos.models.loader import (
-    check_safetensors_header,
-    config_from_hf,
-    load_model_files,
-    resolve_model_ref,
-)
+from llmos.models.loader import config_from_hf, load_model_files, resolve_model_ref
 from llmos.models.tokenizer import byte_to_unicode
+from llmos.storage.formats.safetensors import read_header
 from tests.required import require_gemma3
 
 
@@ -245,14 +241,14 @@ def test_safetensors_header_claiming_huge_sizes_is_refused(tmp_path: Path) -> No
     huge = tmp_path / "huge.safetensors"
     huge.write_bytes(struct.pack("<Q", 2**60) + b"{}")
     with pytest.raises(ModelLoadError, match="header"):
-        check_safetensors_header(huge)
+        read_header(huge)
     header = json.dumps(
         {"w": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 2**42]}}
     )
     lying = tmp_path / "lying.safetensors"
     lying.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 16)
     with pytest.raises(ModelLoadError, match="claims bytes"):
-        check_safetensors_header(lying)
+        read_header(lying)
 
 
 @pytest.mark.timeout(10)

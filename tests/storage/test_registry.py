@@ -81,7 +81,7 @@ def test_hf_folder_import_resolve_export(registry, tmp_path):
     src = write_hf_folder(tmp_path / "hf")
     (src / "pytorch_model.bin").write_bytes(b"not opened")  # ignored next to safetensors
     m = registry.import_model(src, "hf-model")
-    assert m.format == "hf" and m.architecture == "LlamaForCausalLM" and m.parameters == 40
+    assert m.format == "hf" and m.architecture == "llama" and m.parameters == 40
     assert m.quantization == "F32" and m.chat_template == "{{ messages }}"
     assert sorted(f.path for f in m.files) == [
         "config.json",

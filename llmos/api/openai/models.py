@@ -27,7 +27,8 @@ def model_card(ctx: ServerContext, model_id: str, m: ModelManifest | None) -> di
     if engine is not None:
         max_model_len = engine.max_model_len
     else:
-        max_model_len = min(ctx.settings.kernel.max_model_len, _context_length(m))
+        trained = m.context_length if m is not None else ctx.settings.kernel.max_model_len
+        max_model_len = min(ctx.settings.kernel.max_model_len, trained)
     return {
         "id": model_id,
         "object": "model",
@@ -37,17 +38,6 @@ def model_card(ctx: ServerContext, model_id: str, m: ModelManifest | None) -> di
         "aliases": ctx.residency.aliases_of(model_id),
         "resident": engine is not None,
     }
-
-
-def _context_length(m: ModelManifest | None) -> int:
-    """The trained context from a manifest's config (GGUF `*.context_length` or HF)."""
-    config = m.config if m is not None else {}
-    for key, value in config.items():
-        if (key.endswith(".context_length") or key == "max_position_embeddings") and isinstance(
-            value, int
-        ):
-            return value
-    return 1 << 30
 
 
 async def catalog(ctx: ServerContext) -> dict[str, ModelManifest | None]:
