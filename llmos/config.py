@@ -108,8 +108,7 @@ class KernelConfig(BaseModel):
     engine_crashloop_cooldown_s: float = Field(
         60.0,
         gt=0,
-        description="How long a crash-looping model is refused before a request may load it "
-        "again.",
+        description="How long a crash-looping model is refused before a request may load it again.",
     )
     memory_budget_bytes: int = Field(
         0,
