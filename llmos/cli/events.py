@@ -24,21 +24,22 @@ FOLLOW_LIMIT = 1000  # events per poll while following
 
 
 def parse_since(text: str) -> str:
-    """What the server takes as `since`: a seq or an ISO time; `10m`, `2h`, `1d` mean ago."""
+    """What the server takes as `since`: a seq or an ISO time (local unless it has an offset);
+    `10m`, `2h`, `1d` mean that long ago."""
     text = text.strip()
     m = _AGO.match(text.lower())
     if m:
         ago = timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
         return (datetime.now(UTC) - ago).isoformat()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return text
     try:
-        datetime.fromisoformat(text)
-    except ValueError:
+        # A time without an offset is local, as `llmos events` shows them.
+        return datetime.fromisoformat(text).astimezone().isoformat()
+    except (ValueError, OverflowError):
         raise typer.BadParameter(
             f"{text!r} is not a seq (42), a time (2026-12-02T14:00) or an age (10m, 2h, 1d)"
         ) from None
-    return text
 
 
 def format_event(event: dict[str, Any]) -> str:

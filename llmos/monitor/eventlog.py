@@ -110,6 +110,8 @@ def read_events(
     if since_seq is not None:
         q = q.where(EventRow.seq > since_seq)
     if since is not None:
+        # Compared as UTC: SQLite keeps the times as text without their offset.
+        since = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
         q = q.where(EventRow.ts >= since)
     if kind is not None:
         q = q.where(EventRow.kind == kind)

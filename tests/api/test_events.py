@@ -96,7 +96,14 @@ def test_a_request_for_gemma_evicts_smollm2_and_the_event_says_why(
         assert [e["seq"] for e in only] == [evicted["seq"]]
         after = _events(http, since=evicted["seq"])
         assert [e["seq"] for e in after] == [e["seq"] for e in events[3:]]
-        for bad in ({"kind": "no_such_kind"}, {"since": "yesterday"}, {"limit": 0}):
+        for bad in (
+            {"kind": "no_such_kind"},
+            {"since": "yesterday"},
+            {"since": "\u00b2"},  # a digit to str.isdigit, not a number
+            {"since": "9" * 30},  # beyond any 64-bit seq
+            {"since": "0001-01-01T00:00:00+14:00"},  # before year 1 in UTC
+            {"limit": 0},
+        ):
             r = http.get("/os/events", params=bad)
             assert r.status_code == 400 and "error" in r.json(), (bad, r.text)
         assert "model_evicted" in http.get("/os/events", params={"kind": "x"}).text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -112,6 +112,11 @@ def test_filters_by_kind_model_since_and_limit(log: EventLog) -> None:
     assert log.read(since=datetime.now(UTC) + timedelta(hours=1)).events == []
     since_time = log.read(since=everything[0].ts - timedelta(seconds=1), limit=2)
     assert [e.seq for e in since_time.events] == [e.seq for e in everything[:2]]
+    from_6 = [e.seq for e in everything if e.ts >= everything[6].ts]
+    in_kolkata = everything[6].ts.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert [e.seq for e in log.read(since=in_kolkata).events] == from_6
+    naive_utc = everything[6].ts.replace(tzinfo=None)
+    assert [e.seq for e in log.read(since=naive_utc).events] == from_6
 
 
 def test_close_writes_what_is_queued_and_it_survives_a_new_log(db: Database) -> None:

@@ -4,6 +4,7 @@ filtered, oldest first, with the cursor to poll from next (`llmos events --follo
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmos.monitor.events import EventKind, EventPage
 
 router = APIRouter(prefix="/os", tags=["os"])
 FLUSH_TIMEOUT_S = 5.0
+_SEQ = re.compile(r"^[0-9]{1,18}$")  # ASCII digits that fit a 64-bit integer
 
 
 class EventOut(BaseModel):
@@ -40,7 +42,7 @@ async def list_events(
     since: str | None = Query(
         None,
         description="A seq (events after it, oldest first) or an ISO 8601 time (events from "
-        "then on); without it, the newest `limit` events.",
+        "then on; UTC unless it has an offset); without it, the newest `limit` events.",
         max_length=64,
     ),
     kind: str | None = Query(None, description="Only this kind of event.", max_length=32),
@@ -72,14 +74,14 @@ def _parse_since(text: str | None) -> tuple[int | None, datetime | None]:
     if text is None or not text.strip():
         return None, None
     text = text.strip()
-    if text.isdigit():
+    if _SEQ.match(text):
         return int(text), None
     try:
         ts = datetime.fromisoformat(text)
-    except ValueError:
+        return None, ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequest(
             f"`since` must be an event seq or an ISO 8601 time, got {text!r}.",
             param="since",
-            hint="e.g. since=42 or since=2026-12-02T14:00:00Z",
+            hint="e.g. since=42 or since=2026-12-02T14:00:00Z (a time without offset is UTC)",
         ) from None
-    return None, ts if ts.tzinfo else ts.replace(tzinfo=UTC)
