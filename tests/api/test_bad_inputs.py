@@ -145,11 +145,6 @@ BAD_MESSAGES: dict[str, tuple[list[Any], str]] = {
         [HI, CALLED, {"role": "tool", "content": "2"}],
         "messages[2].tool_call_id",
     ),
-    "tool_call_id on a user message": (
-        [{**HI, "tool_call_id": "call_1"}],
-        "messages[0].tool_call_id",
-    ),
-    "tool_calls on a user message": ([{**HI, "tool_calls": [CALL]}], "messages[0].tool_calls"),
     "empty tool_calls": ([HI, {"role": "assistant", "tool_calls": []}], "messages[1].tool_calls"),
     "malformed tool call": (
         [HI, {"role": "assistant", "tool_calls": [{"id": "c"}]}],
@@ -165,6 +160,8 @@ BAD_MESSAGES: dict[str, tuple[list[Any], str]] = {
     "name not a string": ([{**HI, "name": 5}], "messages[0].name"),
     "message not an object": (["Hi"], "messages[0]"),
     "message without role": ([{"content": "Hi"}], "messages[0].role"),
+    "null role": ([{"role": None, "content": "Hi"}], "messages[0].role"),
+    "system null content": ([{"role": "system", "content": None}, HI], "messages[0].content"),
 }
 
 

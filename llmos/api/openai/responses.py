@@ -49,14 +49,14 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
-class AssistantMessage(BaseModel):
+class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"]
     content: str
 
 
 class ChatChoice(BaseModel):
     index: int
-    message: AssistantMessage
+    message: ChatCompletionMessage
     logprobs: ChatLogprobs | None
     finish_reason: FinishReason
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from llmos.errors import InvalidRequest
 from llmos.kernel.params import MAX_LOGPROBS
@@ -19,6 +28,7 @@ MAX_STOP = 16
 MAX_STOP_CHARS = 1024
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for a message's `name`
 
+TokenId = Annotated[int, Field(ge=0)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)]
 
@@ -52,24 +62,16 @@ class ToolCall(_Lenient):
     function: FunctionCall
 
 
-class ChatMessage(_Lenient):
-    """One message. Which fields a role needs is checked by `check_messages`, which knows the
-    message's index for the error's `param`."""
+Content = str | Annotated[list[TextPart], Field(min_length=1)]
+Name = Annotated[
+    str,
+    StringConstraints(pattern=NAME_PATTERN),
+    Field(description="The participant's name: 1-64 of a-z, A-Z, 0-9, _ and -."),
+]
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = Field(
-        None,
-        description="Required, except for an assistant message that has tool_calls.",
-    )
-    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] | None = Field(
-        None, description="The participant's name: 1-64 of a-z, A-Z, 0-9, _ and -."
-    )
-    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = Field(
-        None, description="Assistant messages only."
-    )
-    tool_call_id: Annotated[str, StringConstraints(min_length=1)] | None = Field(
-        None, description="Required on tool messages (and only there): the call answered."
-    )
+
+class _Message(_Lenient):
+    content: Content | None
 
     def text(self) -> str:
         if self.content is None:
@@ -79,28 +81,97 @@ class ChatMessage(_Lenient):
         return "\n".join(part.text for part in self.content)
 
 
-def check_messages(messages: list[ChatMessage], field: str = "messages") -> None:
-    """What each role needs, as OpenAI checks it: content on system, developer, user and tool
-    messages; content or tool_calls on assistant messages; tool_calls only from the assistant
-    and tool_call_id only (and always) on tool messages."""
+class SystemMessage(_Message):
+    role: Literal["system"]
+    content: Content
+    name: Name | None = None
+
+
+class DeveloperMessage(_Message):
+    role: Literal["developer"]
+    content: Content
+    name: Name | None = None
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+    name: Name | None = None
+
+
+class AssistantMessage(_Message):
+    """Content may be left out (or null) only when the message has tool_calls."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+                {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array"}}},
+            ]
+        }
+    )
+    role: Literal["assistant"]
+    content: Content | None = None
+    name: Name | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str = Field(min_length=1, description="The id of the tool call answered.")
+
+
+_MESSAGE_TAGS = {
+    "system": "SystemMessage",
+    "developer": "DeveloperMessage",
+    "user": "UserMessage",
+    "assistant": "AssistantMessage",
+    "tool": "ToolMessage",
+}
+
+
+def _message_tag(value: Any) -> str:
+    """Which message model validates `value`: the one for its role; a message without a known
+    role goes to `_UnknownRole`, whose error names `role`."""
+    if isinstance(value, _Message):
+        return type(value).__name__
+    if not isinstance(value, dict):
+        return "UserMessage"  # fails there as "should be an object"
+    role = value.get("role")
+    return _MESSAGE_TAGS.get(role, "UnknownRole") if isinstance(role, str) else "UnknownRole"
+
+
+class _UnknownRole(_Message):
+    """Never valid: it is only reached with a role outside the five (or none)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content | None = None
+
+
+# Tagged by class name, so an error's location reads `messages.0.UserMessage.content` and
+# llmos.api.errors drops the tag: `param` is `messages[0].content`.
+ChatMessage = Annotated[
+    Annotated[SystemMessage, Tag("SystemMessage")]
+    | Annotated[DeveloperMessage, Tag("DeveloperMessage")]
+    | Annotated[UserMessage, Tag("UserMessage")]
+    | Annotated[AssistantMessage, Tag("AssistantMessage")]
+    | Annotated[ToolMessage, Tag("ToolMessage")]
+    | Annotated[_UnknownRole, Tag("UnknownRole"), SkipJsonSchema()],
+    Discriminator(_message_tag),
+]
+
+
+def check_messages(messages: list[Any], field: str = "messages") -> None:
+    """The one rule the message models cannot say with the message's index in `param`: an
+    assistant message needs content or tool_calls."""
     for i, m in enumerate(messages):
-        at = f"{field}[{i}]"
-        if m.content is None and not (m.role == "assistant" and m.tool_calls):
-            need = "'content' or 'tool_calls'" if m.role == "assistant" else "'content'"
+        if isinstance(m, AssistantMessage) and m.content is None and not m.tool_calls:
+            param = f"{field}[{i}].content"
             raise InvalidRequest(
-                f"Missing required field '{at}.content': a {m.role} message needs {need}.",
-                param=f"{at}.content",
-            )
-        if m.tool_calls is not None and m.role != "assistant":
-            raise InvalidRequest(
-                f"Only assistant messages may have 'tool_calls'; '{at}' is a {m.role} message.",
-                param=f"{at}.tool_calls",
-            )
-        if (m.tool_call_id is None) == (m.role == "tool"):
-            problem = "is missing" if m.role == "tool" else "is only allowed on tool messages"
-            raise InvalidRequest(
-                f"'{at}.tool_call_id' {problem} (the id of the tool call a tool message answers).",
-                param=f"{at}.tool_call_id",
+                f"Missing required field '{param}': an assistant message needs 'content' "
+                "unless it has 'tool_calls'.",
+                param=param,
             )
 
 
@@ -190,9 +261,12 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions (legacy): the prompt may be text or token ids."""
 
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="A string, a list of strings, token ids, or a list of token-id lists."
-    )
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    ) = Field(description="A string, a list of strings, token ids, or a list of token-id lists.")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
