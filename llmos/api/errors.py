@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
 # Failures a retry would not fix (the SDK retries every 5xx unless told not to).
-NO_RETRY_CODES = {"kernel_dead", "process_killed", "model_unavailable"}
+NO_RETRY_CODES = {"kernel_dead", "process_killed", "model_unavailable", "insufficient_storage"}
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -65,6 +65,8 @@ STATUS_MEANINGS = {
     429: "A rate limit or quota was hit; see Retry-After.",
     500: "Internal error (a request id to find it in the server log).",
     503: "Overloaded, draining, the model cannot be made resident, or the kernel is dead.",
+    507: "The data dir's disk is full or failed a write (`insufficient_storage`); nothing was "
+    "stored. Free space and retry.",
 }
 
 

@@ -5,7 +5,9 @@ backup API, or `db/llmos.sql` from `pg_dump` at an exported snapshot), the manif
 that same snapshot (`manifests/...`), optionally the blobs, and last `SHA256SUMS` over every
 other member. The storage lock is held shared while creating, so gc cannot delete a blob the
 snapshot names. Restore verifies every checksum and blob, builds the new data dir beside the old
-one, and swaps it in by rename; the old dir is kept until the swap is done.
+one, and swaps it in by rename; the old dir is kept until the swap is done. A full disk or a
+failing write while creating or restoring raises `InsufficientStorage` (507); the temp archive
+and the staging folders are removed, so no partial archive or half-restored data dir is left.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from llmos.storage.db import Database, database_url
 from llmos.storage.layout import TEMP_PREFIX, DataDir, fsync_dir
 from llmos.storage.manifest import ModelManifest
 from llmos.storage.schema import DatasetRow, ModelRow
+from llmos.storage.space import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +84,9 @@ def create_backup(
         target = _target_path(storage.layout, dest)
         staging = target.parent / f"{TEMP_PREFIX}{target.name}.d"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o700)
         try:
-            with storage.lock.shared():
+            with storage.lock.shared(), disk_errors("writing a backup", target.parent):
+                staging.mkdir(mode=0o700)
                 db_member, manifests = _snapshot(storage.db, staging)
                 _write_archive(
                     storage, target, db_member, staging, manifests, with_blobs, on_progress
@@ -430,7 +433,7 @@ def restore_backup(
         )
     staging = layout.root.parent / f".{layout.root.name}.restore-{secrets.token_hex(4)}"
     try:
-        with _exclusive(layout):
+        with _exclusive(layout), disk_errors("restoring a backup", layout.root.parent):
             _stage(path, info, layout, staging)
             if info.backend == "postgresql":
                 _pg_restore(path, config)

@@ -2,14 +2,15 @@
 
 A blob appears under its final name only after its bytes are fsynced, its digest checked, and it
 is renamed in from a temp file in the same directory (followed by an fsync of the directory), so
-a crash leaves either the whole blob or a `.tmp-*` file that start-up cleanup removes. Digests
-from users are validated against `^[0-9a-f]{64}$` before they touch the file system.
+a crash leaves either the whole blob or a `.tmp-*` file that start-up cleanup removes; a failed
+write or fsync removes the temp file and raises the OSError (the operation around it, an import,
+turns a full disk into `InsufficientStorage`). Digests from users are validated against
+`^[0-9a-f]{64}$` before they touch the file system.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from llmos.errors import InsufficientStorage, InvalidRequest
+from llmos.errors import InvalidRequest
 from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -78,16 +79,14 @@ class BlobWriter:
         self.size_bytes = 0
 
     def write(self, data: bytes) -> None:
-        with _disk_full_as_error():
-            self._file.write(data)
+        self._file.write(data)
         self._hash.update(data)
         self.size_bytes += len(data)
 
     def commit(self, expected: str | None = None) -> str:
         """fsync, check the digest, rename into place; returns the hex digest."""
-        with _disk_full_as_error():
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         digest = self._hash.hexdigest()
         if expected is not None and digest != expected:
@@ -96,7 +95,9 @@ class BlobWriter:
         return digest
 
     def discard(self) -> None:
-        if not self._file.closed:
+        # After a failed write, close() flushes the same bytes and fails again; the file closes
+        # anyway, and the temp file must still go.
+        with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp_path)
@@ -155,7 +156,7 @@ class BlobStore:
             digest = hash_file(temp_path, on_progress)
             if expected is not None and digest != expected:
                 raise DigestMismatch(expected, digest)
-            with temp_path.open("rb") as f, _disk_full_as_error():
+            with temp_path.open("rb") as f:
                 os.fsync(f.fileno())
             size = temp_path.stat().st_size
             self._publish(temp_path, digest)
@@ -215,16 +216,3 @@ class BlobStore:
         os.chmod(temp_path, 0o444)
         os.replace(temp_path, target)
         fsync_dir(self.root)
-
-
-@contextlib.contextmanager
-def _disk_full_as_error() -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise InsufficientStorage(
-                f"no space left to write a blob: {e.strerror}",
-                hint="free disk space in the data dir, then retry",
-            ) from e
-        raise

@@ -5,7 +5,8 @@ record fails the import with its line number and nothing is stored. A dataset ex
 exists, committed after its blob. Token counts are approximate unless a tokenizer is given:
 ceil(characters / 4) per text field, the common rule of thumb for English BPE vocabularies.
 Given a `BlobCipher`, the blob holds the records sealed (encrypted at rest); its digest is then
-that of the ciphertext, and reading a sealed dataset without the cipher is refused.
+that of the ciphertext, and reading a sealed dataset without the cipher is refused. A full disk
+or a failing write raises `InsufficientStorage` (507) and stores nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 from llmos.storage.manifest import DatasetManifest
 from llmos.storage.names import validate_name
 from llmos.storage.schema import DatasetRow, as_utc
+from llmos.storage.space import disk_errors
 from llmos.storage.store import Storage
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,12 @@ class Datasets:
         counter = count_tokens or _approx_tokens
         total = path.stat().st_size
         tally = _Tally()
-        with self.storage.lock.shared(), self.storage.blobs.writer() as w, path.open("rb") as f:
+        with (
+            self.storage.lock.shared(),
+            self.storage.writing(f"importing dataset {name}"),
+            self.storage.blobs.writer() as w,
+            path.open("rb") as f,
+        ):
             sealer = self.cipher.sealing(w, purpose="dataset") if self.cipher else None
             sink = sealer or w
             for line_no, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
@@ -168,9 +175,13 @@ class Datasets:
 
     def export(self, name: str, dest: Path, *, on_progress: ProgressFn | None = None) -> Path:
         """Write the dataset's JSONL (verified while copying) to `dest` atomically."""
+        m = self.show(name)
+        with disk_errors(f"exporting dataset {m.name}", dest):
+            return self._export(m, dest, on_progress)
+
+    def _export(self, m: DatasetManifest, dest: Path, on_progress: ProgressFn | None) -> Path:
         import hashlib
 
-        m = self.show(name)
         target = dest / f"{m.name}.jsonl" if dest.is_dir() else dest
         if target.exists():
             raise Conflict(f"{target} already exists", hint="choose another path")

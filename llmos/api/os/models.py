@@ -4,8 +4,9 @@ verify, remove.
 Thin: each route calls one Registry method in a worker thread (hashing and copying take a while)
 and audits what changed. Import and export name paths on the server machine, so they need the
 admin-only `models:files` permission; paths must be absolute, and every unreadable, unwritable or
-malformed input is a 4xx. A resident model is unloaded before it is removed or replaced (409 while
-it has live processes); the server's default model is never removed.
+malformed input is a 4xx; a full disk or a failing write is 507 `insufficient_storage`, with
+nothing stored. A resident model is unloaded before it is removed or replaced (409 while it has
+live processes); the server's default model is never removed.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ async def show_model(name: str, ctx: ServerContext = Depends(get_context)) -> di
     openapi_extra=body_schema(ImportRequest),
     status_code=201,
     response_model=None,
-    responses=responses(StoredModel, 404, 409, status=201),
+    responses=responses(StoredModel, 404, 409, 507, status=201),
 )
 async def import_model(
     request: Request,
@@ -159,7 +160,7 @@ async def import_model(
     openapi_extra=body_schema(TagRequest),
     status_code=201,
     response_model=None,
-    responses=responses(StoredModel, 404, 409, status=201),
+    responses=responses(StoredModel, 404, 409, 507, status=201),
 )
 async def tag_model(
     name: str,
@@ -177,7 +178,7 @@ async def tag_model(
     "/os/models/{name}/export",
     openapi_extra=body_schema(ExportRequest),
     response_model=None,
-    responses=responses(Exported, 404, 409),
+    responses=responses(Exported, 404, 409, 507),
 )
 async def export_model(
     name: str,
@@ -205,7 +206,9 @@ async def verify_model(
     return {"id": r.ref, "ok": r.is_ok, "bad_files": r.bad_files}
 
 
-@router.delete("/os/models/{name}", response_model=None, responses=responses(Removed, 404, 409))
+@router.delete(
+    "/os/models/{name}", response_model=None, responses=responses(Removed, 404, 409, 507)
+)
 async def remove_model(
     name: str, request: Request, ctx: ServerContext = Depends(get_context)
 ) -> dict[str, Any]:
