@@ -161,7 +161,7 @@ class StorageConfig(BaseModel):
         1 << 30,
         ge=0,
         description="Free space on the data dir's file system below which the disk counts as "
-        "almost full (`llmos doctor` fails).",
+        "almost full (`llmos doctor` fails, `/ready` reports `disk_low`).",
     )
 
 

@@ -3,8 +3,10 @@
 Liveness: the engine loop thread is running and its kernel is not dead. Readiness adds: not
 draining, and not stalled (the watchdog saw a tick that does not return, or work is pending but no
 tick came for `stall_after_s`). A model whose engine is crash-looping or being rebuilt makes the
-server "degraded" (still 200: its other models serve) and is listed under `models`. A
-machine-readable reason accompanies every "not ok", and nothing about the configuration leaks.
+server "degraded" (still 200: its other models serve) and is listed under `models`; so does a
+data dir whose disk is below `storage.min_free_bytes` (`disk_low`: writes may fail with 507, but
+reads and inference go on). A machine-readable reason accompanies every "not ok", and nothing
+about the configuration leaks.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def readiness(
     *,
     models: Sequence[HealthView] = (),
     stall_after_s: float = STALL_AFTER_S,
+    is_disk_low: bool = False,
 ) -> HealthReport:
-    """Readiness of the server; `models` are the supervisor's records of each model."""
+    """Readiness of the server; `models` are the supervisor's records of each model;
+    `is_disk_low` says the data dir's disk is below `storage.min_free_bytes`."""
     reasons = list(liveness(loop).reasons)
     if loop.is_draining:
         reasons.append("draining")
@@ -73,6 +77,8 @@ def readiness(
     elif loop.num_live and time.monotonic() - loop.last_tick_s > stall_after_s:
         reasons.append("stalled")
     degraded = sorted({_MODEL_REASONS[m.state] for m in models if m.state in _MODEL_REASONS})
+    if is_disk_low:
+        degraded.append("disk_low")
     status = "not_ready" if reasons else ("degraded" if degraded else "ok")
     listed = [
         {

@@ -15,6 +15,7 @@ from llmos.api.openapi import responses
 from llmos.api.os.responses import Health, Version
 from llmos.monitor.health import HealthReport, liveness, readiness
 from llmos.monitor.metrics import CONTENT_TYPE
+from llmos.storage.space import is_disk_low
 
 router = APIRouter(tags=["probes"])
 _HEALTH: dict[int | str, dict[str, Any]] = {
@@ -38,8 +39,11 @@ async def health(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
 
 @router.get("/ready", response_model=None, responses=_HEALTH)
 async def ready(ctx: ServerContext = Depends(get_context)) -> JSONResponse:
-    """Readiness: model resident, engine ticking, not draining; 503 with reasons otherwise."""
-    return _report(readiness(ctx.loop, models=ctx.residency.health()))
+    """Readiness: model resident, engine ticking, not draining; 503 with reasons otherwise.
+    A crash-looping model or a data dir below `storage.min_free_bytes` (`disk_low`) answers
+    200 `degraded`: the rest still serves."""
+    is_low = is_disk_low(ctx.settings.storage)  # one statvfs: cheap enough for the event loop
+    return _report(readiness(ctx.loop, models=ctx.residency.health(), is_disk_low=is_low))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
