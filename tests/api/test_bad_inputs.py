@@ -35,9 +35,8 @@ def assert_openai_error(
     assert isinstance(error["message"], str) and error["message"]
     assert "Traceback" not in error["message"] and "/work/" not in error["message"]
     if param is not None:  # the field, or a path inside it ("stop[0]", "messages[0].role")
-        assert error["param"] == param or error["param"].startswith((f"{param}.", f"{param}[")), (
-            error
-        )
+        named = str(error["param"])
+        assert named == param or named.startswith((f"{param}.", f"{param}[")), error
     if code is not None:
         assert error["code"] == code, error
     return error
