@@ -173,6 +173,12 @@ class ApiConfig(BaseModel):
     max_body_bytes: int = Field(8 << 20, ge=1024, description="Largest request body (413 above).")
     max_queue: int = Field(256, ge=1, description="Most waiting processes before 503.")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight work on SIGTERM.")
+    send_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="A streaming client that reads nothing for this long (its socket full) has "
+        "its processes killed and their KV blocks freed (0 = wait forever).",
+    )
     model: str = Field(
         "smollm2",
         description="Model resident from the start (registry name, path or default); requests "

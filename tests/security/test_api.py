@@ -27,10 +27,13 @@ PROMPT_MARKER = "PRIVATE-PROMPT-MARKER-5d1c"
 ROLES = ("admin", "operator", "user", "viewer", "anonymous")
 
 
-def app_routes() -> list[tuple[str, str]]:
+def app_routes(*, with_fault_hook: bool = False) -> list[tuple[str, str]]:
     """Every (method, path) the app serves, walked from the app itself (not from the table)."""
-    engine = SimpleNamespace(model_name="fake", stats=lambda: EngineStats(model="fake"))
-    app = create_app(engine, Settings(security={"auth": "none"}))
+    engine = SimpleNamespace(
+        model_name="fake", stats=lambda: EngineStats(model="fake"), memory_bytes=lambda: 0
+    )
+    api = {"enable_fault_injection": with_fault_hook}
+    app = create_app(engine, Settings(security={"auth": "none"}, api=api))
     found: list[tuple[str, str]] = []
     for route in app.routes:
         contexts = getattr(route, "effective_route_contexts", None)
@@ -132,12 +135,19 @@ def _samples(model: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_every_route_declares_a_permission() -> None:
-    routes = app_routes()
+    routes = app_routes(with_fault_hook=True)
     assert routes, "no routes found"
     undeclared = [r for r in routes if r not in ROUTE_PERMISSIONS]
     assert not undeclared, f"routes without a permission in ROUTE_PERMISSIONS: {undeclared}"
     stale = set(ROUTE_PERMISSIONS) - set(routes)
     assert not stale, f"ROUTE_PERMISSIONS names routes the app does not have: {stale}"
+
+
+def test_the_test_only_fault_hook_is_admin_only() -> None:
+    """Mounted only with api.enable_fault_injection; even then only an admin may use it."""
+    assert ("POST", "/os/debug/faults") not in app_routes()
+    assert ROUTE_PERMISSIONS[("POST", "/os/debug/faults")] == Permission.SECURITY_ADMIN
+    assert _expected(Permission.SECURITY_ADMIN, "operator") == "403"
 
 
 def test_role_route_matrix(env: Env) -> None:

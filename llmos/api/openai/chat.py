@@ -60,7 +60,11 @@ async def create_chat_completion(
     choices = {pid: sv.Choice(index=i) for i, pid in enumerate(stream.pids)}
     reply = _Reply(engine, model, body)
     if body.stream:
-        return sv.ProcessStreamResponse(reply.events(stream, choices), stream)
+        return sv.ProcessStreamResponse(
+            reply.events(stream, choices),
+            stream,
+            send_timeout_s=ctx.settings.api.send_timeout_s,
+        )
     if not await sv.collect(stream, request, choices):
         return Response(status_code=499)
     sv.raise_for_failures(choices.values())

@@ -59,7 +59,11 @@ async def create_completion(
     choices = {pid: sv.Choice(index=k, prompt_idx=k // n) for k, pid in enumerate(stream.pids)}
     reply = _Reply(engine, model, body, prompt_ids)
     if body.stream:
-        return sv.ProcessStreamResponse(reply.events(stream, choices), stream)
+        return sv.ProcessStreamResponse(
+            reply.events(stream, choices),
+            stream,
+            send_timeout_s=ctx.settings.api.send_timeout_s,
+        )
     if not await sv.collect(stream, request, choices):
         return Response(status_code=499)
     sv.raise_for_failures(choices.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmos.api.deps import ServerContext
 from llmos.api.openai.schemas import SamplingFields
@@ -27,6 +28,8 @@ from llmos.kernel.outputs import ProcessOutput, RequestTiming
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
 from llmos.kernel.residency import ServedEngine
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SYSTEM_FINGERPRINT = "llmos-0.1.0"
@@ -302,18 +305,46 @@ def sse_error(finish_reason: str | None, error: str | None) -> str:
     )
 
 
-class ProcessStreamResponse(StreamingResponse):
-    """An SSE response that kills its processes however it ends (done, error, disconnect)."""
+class SendTimedOut(Exception):
+    """A client stopped reading its stream for `api.send_timeout_s`."""
 
-    def __init__(self, content: AsyncIterator[str], stream: OutputStream) -> None:
+
+class ProcessStreamResponse(StreamingResponse):
+    """An SSE response that kills its processes however it ends (done, error, disconnect, or a
+    client that stops reading: a send blocked for `send_timeout_s` on a full socket)."""
+
+    def __init__(
+        self, content: AsyncIterator[str], stream: OutputStream, *, send_timeout_s: float = 0.0
+    ) -> None:
         super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
         self._stream = stream
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, self._bounded(send))
+        except* SendTimedOut:
+            logger.warning(
+                "pids %s: the client stopped reading for %.0f s (api.send_timeout_s); killed",
+                self._stream.pids,
+                self._send_timeout_s,
+            )
         finally:
             self._stream.cancel()
+
+    def _bounded(self, send: Send) -> Send:
+        if self._send_timeout_s <= 0:
+            return send
+        timeout_s = self._send_timeout_s
+
+        async def bounded_send(message: Message) -> None:
+            # uvicorn's send waits for the socket to drain once its buffers are full.
+            try:
+                await asyncio.wait_for(send(message), timeout_s)
+            except TimeoutError:
+                raise SendTimedOut from None
+
+        return bounded_send
 
 
 def now_s() -> int:
