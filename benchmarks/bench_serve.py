@@ -8,6 +8,10 @@ llmos's served/offline throughput (offline = the same requests through an in-pro
 
     python benchmarks/bench_serve.py                      # needs the peer: see below
     python benchmarks/bench_serve.py --concurrency 16 --repeats 1 --skip-peer
+    python benchmarks/bench_serve.py --concurrency 16 --skip-peer --baseline-tree /tmp/old
+
+`--baseline-tree` also serves llmos from another checkout (an earlier commit: `git worktree add
+/tmp/old COMMIT`) in the same rotation, and prints this tree's tok/s over that tree's per repeat.
 
 llama-server comes from `../shared/peers/build-llama-server.sh` (pass `--llama-server PATH`);
 it gets `-np` = concurrency and 1024 tokens of context per slot. Run it alone on the machine.
@@ -172,10 +176,14 @@ class Server:
                 self.proc.wait()
 
 
-def llmos_server(args: argparse.Namespace, concurrency: int, home: str) -> Server:
+def llmos_server(
+    args: argparse.Namespace, concurrency: int, home: str, tree: Path | None = None
+) -> Server:
+    """llmos from this checkout, or (`tree`) from another one, e.g. an earlier commit."""
     port = free_port()
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(tree)} if tree is not None else {}),
         "HF_HUB_OFFLINE": "1",
         "LLMOS_HOME": home,
         "LLMOS_SECURITY__AUTH": "none",  # a loopback benchmark, like the keyless peer
@@ -195,7 +203,7 @@ def llmos_server(args: argparse.Namespace, concurrency: int, home: str) -> Serve
         "--max-queue",
         str(max(4 * concurrency, 16)),
     ]
-    return Server("llmos", cmd, port, env)
+    return Server("llmos" if tree is None else "llmos@base", cmd, port, env)
 
 
 def peer_server(args: argparse.Namespace, concurrency: int) -> Server:
@@ -410,6 +418,12 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, default=None)
     parser.add_argument("--skip-peer", action="store_true", help="Only llmos.")
     parser.add_argument("--skip-offline", action="store_true")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="Also serve llmos from this checkout (an earlier commit) and print the ratio.",
+    )
     parser.add_argument("--llmos-kv-bytes", type=int, default=3 << 29)
     parser.add_argument("--offline-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--offline-concurrency", type=int, default=64, help=argparse.SUPPRESS)
@@ -430,6 +444,7 @@ def main() -> None:
     results: list[RunResult] = []
     offline: dict[tuple[int, int], float] = {}
     home = tempfile.mkdtemp(prefix="bench-serve-")
+    base_home = tempfile.mkdtemp(prefix="bench-serve-base-")  # its own schema version
     print(
         f"bench_serve: {args.gguf.name}, {args.max_tokens} output tokens, ~{args.prompt_words}"
         f"-word prompts, {args.repeats} repeats, threads={args.threads}"
@@ -439,11 +454,19 @@ def main() -> None:
             prompts = make_prompts(
                 max(c * args.requests_per_client, 2), args.prompt_words, seed=1000 * repeat + c
             )
-            order = ["llmos", "peer"] if repeat % 2 == 0 else ["peer", "llmos"]
+            order = ["llmos", "base", "peer"]
+            order = order if repeat % 2 == 0 else order[::-1]
             for which in order:
-                if which == "peer" and args.skip_peer:
+                if (which == "peer" and args.skip_peer) or (
+                    which == "base" and not args.baseline_tree
+                ):
                     continue
-                server = llmos_server(args, c, home) if which == "llmos" else peer_server(args, c)
+                if which == "peer":
+                    server = peer_server(args, c)
+                elif which == "base":
+                    server = llmos_server(args, c, base_home, tree=args.baseline_tree)
+                else:
+                    server = llmos_server(args, c, home)
                 with server:
                     r = run_once(server, prompts, c, args.max_tokens, repeat)
                 results.append(r)
@@ -491,6 +514,19 @@ def summarize(
                 f"TTFT p50 ratio {' '.join(f'{x:.2f}' for x in ttft)}"
             )
         print(line)
+        base = {r.repeat: r for r in results if r.server == "llmos@base" and r.concurrency == c}
+        if base:
+            tps = [r.tok_per_s / base[r.repeat].tok_per_s for r in mine if r.repeat in base]
+            ttft = [
+                pct(r.ttft_s, 50) / pct(base[r.repeat].ttft_s, 50) for r in mine if r.repeat in base
+            ]
+            print(
+                f"  c={c:<3} llmos@base "
+                f"{statistics.median(b.tok_per_s for b in base.values()):8.1f} tok/s | "
+                f"this tree / base tok/s {' '.join(f'{x:.3f}' for x in tps)} "
+                f"(median {statistics.median(tps):.3f}) | "
+                f"TTFT p50 ratio {' '.join(f'{x:.2f}' for x in ttft)}"
+            )
     for (repeat, c), offline_tps in sorted(offline.items()):
         served = next(
             r for r in results if r.server == "llmos" and r.concurrency == c and r.repeat == repeat

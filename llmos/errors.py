@@ -142,6 +142,37 @@ class InsufficientMemory(ModelNotResident):
         self.budget_bytes = budget_bytes
 
 
+class ProcessKilled(LlmosError):
+    """The process behind a request was killed (`llmos kill`, DELETE /os/processes/{pid}, a
+    frozen client, shutdown)."""
+
+    status_code = 503
+    code = "process_killed"
+    error_type = "process_killed"
+
+
+class ProcessFailed(LlmosError):
+    """The kernel failed the process (a failed tick, a stalled engine, an engine rebuilt); the
+    server serves on, so a retry can succeed."""
+
+    status_code = 500
+    code = "process_failed"
+    error_type = "server_error"
+    headers: dict[str, str] = {"x-should-retry": "true"}
+
+
+def process_error(finish_reason: str | None, error: str | None) -> LlmosError | None:
+    """The error a client gets for a process that ended this way (None: it has a result)."""
+    if finish_reason == "killed":
+        return ProcessKilled(
+            "The process serving this request was killed.",
+            hint="it was killed by an operator, at shutdown, or because its client stopped reading",
+        )
+    if finish_reason == "error":
+        return ProcessFailed(f"Generation failed: {error or 'unknown error'}.")
+    return None
+
+
 class Overloaded(LlmosError):
     status_code = 503
     code = "overloaded"

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from llmos.cli.common import err_console, resolve_url
 from llmos.client import Client
-from llmos.errors import LlmosError
+from llmos.errors import process_error
 
 Messages = list[dict[str, Any]]
 
@@ -60,8 +60,9 @@ class LocalBackend:
                     finished = out.finished
                     if out.new_text:
                         yield out.new_text
-                    if out.finish_reason == "error":
-                        raise LlmosError(f"Generation failed: {out.error}.")
+                    failure = process_error(out.finish_reason, out.error)
+                    if failure is not None:
+                        raise failure
         finally:
             if not finished:
                 self.engine.kill(pid)

@@ -10,7 +10,7 @@ through `call_soon_threadsafe`). Invariants: a pid has a subscriber from the mom
 returns until its finished output is dispatched; pids are unique across engines (they share the
 loop's `pids` counter); the number of live processes over all engines never exceeds
 `max_running + max_waiting`; once the kernel is dead every live subscriber has received a
-finished output with `finish_reason="error"` and every later submission raises `KernelDead`.
+finished output with `FinishReason.ERROR` and every later submission raises `KernelDead`.
 
 Failures stay where they happen: a tick that raises fails the processes of its batch (the engine
 reports them in `TickFailed`) or, if the engine cannot say, every process of that engine; the
@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
 from llmos.errors import KernelDead, ModelNotResident, Overloaded
-from llmos.kernel.outputs import EngineStats, ProcessOutput, RequestTiming, TickFailed
+from llmos.kernel.outputs import (
+    EngineStats,
+    FinishReason,
+    ProcessOutput,
+    RequestTiming,
+    TickFailed,
+)
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
@@ -544,12 +550,12 @@ class EngineLoop:
                         new_token_ids=[],
                         new_text="",
                         finished=True,
-                        finish_reason="error",
+                        finish_reason=FinishReason.ERROR,
                         error=error,
                     )
                 )
             if self.metrics is not None:
-                self.metrics.model(entry.engine.model_name).process_finished("error")
+                self.metrics.model(entry.engine.model_name).process_finished(FinishReason.ERROR)
 
     # ---- the watchdog thread ---------------------------------------------------------------
 
@@ -651,7 +657,7 @@ def _record(m: ModelMetrics | None, live: _Live, out: ProcessOutput, now_s: floa
             m.request_timing(t.queue_s, t.prefill_s, t.decode_s, t.preempted_s)
     if out.finished and m is not None:
         m.e2e_s.observe(now_s - live.arrival_s)
-        m.process_finished(out.finish_reason or "stop")
+        m.process_finished(out.finish_reason or FinishReason.STOP)
 
 
 def thread_stacks() -> str:

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    """Why a process ended: the one vocabulary of the kernel, the API, metrics and the CLI."""
+
+    STOP = "stop"  # an end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens or the context is full
+    KILLED = "killed"  # `kill`, a disconnect, a frozen client, shutdown
+    ERROR = "error"  # the kernel failed it (a failed tick, a stall, an engine rebuilt)
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the client gets an error instead of a result."""
+        return self in (FinishReason.KILLED, FinishReason.ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +93,7 @@ class ProcessOutput:
     new_token_ids: list[int]
     new_text: str
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "killed" | "error"
+    finish_reason: FinishReason | None = None
     logprobs: list[dict[int, float]] | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
@@ -90,7 +105,7 @@ class ProcessOutput:
 
 class TickFailed(Exception):
     """Raised by a tick whose batch failed: the engine already ended those processes (their
-    finished outputs are `outputs`, with `finish_reason="error"`) and can keep ticking."""
+    finished outputs are `outputs`, with `FinishReason.ERROR`) and can keep ticking."""
 
     def __init__(self, error: str, outputs: list[ProcessOutput]) -> None:
         super().__init__(error)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from llmos.kernel.outputs import FinishReason
 from llmos.kernel.params import SamplingParams
 
 
@@ -54,7 +55,7 @@ class ProcessState(enum.Enum):
         return self in _TERMINAL
 
     @property
-    def finish_reason(self) -> str | None:
+    def finish_reason(self) -> FinishReason | None:
         return _FINISH_REASON.get(self)
 
 
@@ -65,10 +66,10 @@ _TERMINAL = {
     ProcessState.FAILED,
 }
 _FINISH_REASON = {
-    ProcessState.FINISHED_STOPPED: "stop",
-    ProcessState.FINISHED_LENGTH: "length",
-    ProcessState.KILLED: "killed",
-    ProcessState.FAILED: "error",
+    ProcessState.FINISHED_STOPPED: FinishReason.STOP,
+    ProcessState.FINISHED_LENGTH: FinishReason.LENGTH,
+    ProcessState.KILLED: FinishReason.KILLED,
+    ProcessState.FAILED: FinishReason.ERROR,
 }
 
 

@@ -84,8 +84,10 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
         )
 
 
-class _Reply:
+class _Reply(sv.Reply):
     """Formats one request's choices as a completion or as chunks."""
+
+    chunk_object = "chat.completion.chunk"
 
     def __init__(self, engine: ServedEngine, model: str, body: ChatCompletionRequest) -> None:
         self.id = sv.new_id("chatcmpl")
@@ -114,11 +116,6 @@ class _Reply:
             "usage": sv.usage(choices),
         } | self._timing(choices)
 
-    def _timing(self, choices: list[sv.Choice]) -> dict[str, Any]:
-        """The llmos `timing` extension, when the request asked for it."""
-        found = sv.timing(choices) if self.body.timing else None
-        return {"timing": found} if found is not None else {}
-
     def _logprobs(self, token_ids: list[int], lps: list[dict[int, float]]) -> dict[str, Any] | None:
         if not self.body.logprobs:
             return None
@@ -136,24 +133,6 @@ class _Reply:
         text, raw = self.token_text.entry(token_id)
         return {"token": text, "logprob": logprob, "bytes": raw}
 
-    def _chunk(
-        self,
-        choice: dict[str, Any] | None,
-        usage: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> str:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": sv.SYSTEM_FINGERPRINT,
-            "choices": [choice] if choice is not None else [],
-        }
-        if self.body.include_usage:
-            data["usage"] = usage
-        return sv.sse(data | extra)
-
     async def events(
         self, stream: OutputStream, choices: dict[int, sv.Choice]
     ) -> AsyncIterator[str]:
@@ -169,7 +148,7 @@ class _Reply:
         async for out in stream:
             c = choices[out.pid]
             c.add(out)
-            if out.finished and out.finish_reason in ("killed", "error"):
+            if out.finish_reason is not None and out.finish_reason.is_failure:
                 yield sv.sse_error(out.finish_reason, out.error)
                 yield sv.sse("[DONE]")
                 return

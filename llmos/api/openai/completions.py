@@ -97,8 +97,10 @@ async def _prompt_ids(engine: ServedEngine, prompt: Any) -> list[list[int]]:
     return [await sv.off_loop(num_chars, encode_text, engine, p) for p in prompt]
 
 
-class _Reply:
+class _Reply(sv.Reply):
     """Formats one request's choices as a text completion or as chunks."""
+
+    chunk_object = "text_completion"
 
     def __init__(
         self,
@@ -143,11 +145,6 @@ class _Reply:
             "usage": sv.usage(choices),
         } | self._timing(choices)
 
-    def _timing(self, choices: list[sv.Choice]) -> dict[str, Any]:
-        """The llmos `timing` extension, when the request asked for it."""
-        found = sv.timing(choices) if self.body.timing else None
-        return {"timing": found} if found is not None else {}
-
     def _logprobs(
         self, token_ids: list[int], lps: list[dict[int, float]], offset: int
     ) -> dict[str, Any] | None:
@@ -170,24 +167,6 @@ class _Reply:
             "text_offset": offsets,
         }
 
-    def _chunk(
-        self,
-        choice: dict[str, Any] | None,
-        usage: dict[str, Any] | None = None,
-        **extra: Any,
-    ) -> str:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": sv.SYSTEM_FINGERPRINT,
-            "choices": [choice] if choice is not None else [],
-        }
-        if self.body.include_usage:
-            data["usage"] = usage
-        return sv.sse(data | extra)
-
     async def events(
         self, stream: OutputStream, choices: dict[int, sv.Choice]
     ) -> AsyncIterator[str]:
@@ -205,7 +184,7 @@ class _Reply:
             c = choices[out.pid]
             offset = len(c.text)
             c.add(out)
-            if out.finished and out.finish_reason in ("killed", "error"):
+            if out.finish_reason is not None and out.finish_reason.is_failure:
                 yield sv.sse_error(out.finish_reason, out.error)
                 yield sv.sse("[DONE]")
                 return

@@ -21,10 +21,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from llmos.api.deps import ServerContext
+from llmos.api.errors import llmos_error_body
 from llmos.api.openai.schemas import SamplingFields
-from llmos.errors import ContextTooLong, InvalidRequest, LlmosError
+from llmos.errors import ContextTooLong, InvalidRequest, process_error
 from llmos.kernel.loop import OutputStream
-from llmos.kernel.outputs import ProcessOutput, RequestTiming
+from llmos.kernel.outputs import FinishReason, ProcessOutput, RequestTiming
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority
 from llmos.kernel.residency import ServedEngine
@@ -40,24 +41,6 @@ OFF_LOOP_CHARS = 16_384
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class ProcessKilled(LlmosError):
-    """The process behind a request was killed (`llmos kill`, DELETE /os/processes/{pid})."""
-
-    status_code = 503
-    code = "process_killed"
-    error_type = "process_killed"
-
-
-class ProcessFailed(LlmosError):
-    """The process failed inside the kernel (its tick raised); the engine serves on, so a
-    retry can succeed."""
-
-    status_code = 500
-    code = "process_failed"
-    error_type = "server_error"
-    headers: dict[str, str] = {"x-should-retry": "true"}
-
-
 @dataclass(slots=True)
 class Choice:
     """Everything one process (one choice) produced, accumulated from its deltas."""
@@ -67,7 +50,7 @@ class Choice:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     error: str | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
@@ -86,6 +69,40 @@ class Choice:
             self.finish_reason = out.finish_reason
             self.error = out.error
             self.timing = out.timing
+
+
+class Reply:
+    """What chat and completion replies share: the chunk envelope and the `timing` extension.
+    A subclass sets `chunk_object` and, in its constructor, id, created, model and body."""
+
+    chunk_object = ""
+    id: str
+    created: int
+    model: str
+    body: Any  # the request: ChatCompletionRequest or CompletionRequest
+
+    def _chunk(
+        self,
+        choice: dict[str, Any] | None,
+        usage: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice] if choice is not None else [],
+        }
+        if self.body.include_usage:
+            data["usage"] = usage
+        return sse(data | extra)
+
+    def _timing(self, choices: list[Choice]) -> dict[str, Any]:
+        """The llmos `timing` extension, when the request asked for it."""
+        found = timing(choices) if self.body.timing else None
+        return {"timing": found} if found is not None else {}
 
 
 def new_id(prefix: str) -> str:
@@ -196,13 +213,9 @@ async def _wait_disconnect(request: Request) -> None:
 
 def raise_for_failures(choices: Iterable[Choice]) -> None:
     for c in choices:
-        if c.finish_reason == "killed":
-            raise ProcessKilled(
-                "The process serving this request was killed.",
-                hint="it was killed by an operator or at shutdown",
-            )
-        if c.finish_reason == "error":
-            raise ProcessFailed(f"Generation failed: {c.error or 'unknown error'}.")
+        failure = process_error(c.finish_reason, c.error)
+        if failure is not None:
+            raise failure
 
 
 def timing(choices: Iterable[Choice]) -> dict[str, Any] | None:
@@ -282,27 +295,10 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 def sse_error(finish_reason: str | None, error: str | None) -> str:
-    if finish_reason == "killed":
-        return sse(
-            {
-                "error": {
-                    "message": "The process serving this request was killed.",
-                    "type": "process_killed",
-                    "param": None,
-                    "code": "process_killed",
-                }
-            }
-        )
-    return sse(
-        {
-            "error": {
-                "message": f"Generation failed: {error or 'unknown error'}.",
-                "type": "server_error",
-                "param": None,
-                "code": "process_failed",
-            }
-        }
-    )
+    """The error event that ends a stream whose process was killed or failed."""
+    failure = process_error(finish_reason, error) or process_error("error", error)
+    assert failure is not None
+    return sse(llmos_error_body(failure))
 
 
 class SendTimedOut(Exception):
