@@ -26,8 +26,13 @@ LOAD_PEAK_FACTOR = 2.5
 
 def estimate_load_bytes(path: str | Path, kv_cache_bytes: int, swap_bytes: int) -> int:
     """The most memory loading the model at `path` takes (see the module docstring)."""
-    weights = estimate_weight_bytes(path)
-    return int(LOAD_PEAK_FACTOR * weights) + kv_cache_bytes + swap_bytes
+    num_weights = estimate_weight_bytes(path) // FLOAT32_BYTES
+    return load_bytes_for(num_weights, kv_cache_bytes, swap_bytes)
+
+
+def load_bytes_for(num_weights: int, kv_cache_bytes: int, swap_bytes: int) -> int:
+    """The load peak of a model with `num_weights` weight elements (a manifest's `parameters`)."""
+    return int(LOAD_PEAK_FACTOR * num_weights * FLOAT32_BYTES) + kv_cache_bytes + swap_bytes
 
 
 def estimate_weight_bytes(path: str | Path) -> int:

@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from llmos.config import physical_memory_bytes
+from llmos.models.footprint import load_bytes_for
 from llmos.monitor.doctor.base import (
     CheckResult,
     Inspection,
@@ -256,16 +257,16 @@ def check_memory_budget(ins: Inspection) -> list[CheckResult]:
     source = "kernel.memory_budget_bytes" if kernel.memory_budget_bytes else "80% of usable RAM"
     storage = ins.storage()
     manifests = Registry(storage).list() if storage is not None else []
-    pools = memory.kv_cache_bytes + memory.swap_bytes
     results = []
     for m in manifests:
-        need = m.size_bytes + pools
+        # The server's own estimate of a load (llmos.models.footprint): what it refuses by.
+        need = load_bytes_for(m.parameters, memory.kv_cache_bytes, memory.swap_bytes)
         if need > budget:
             results.append(
                 fail(
                     "memory_budget",
-                    f"model {m.ref} can never fit the memory budget: it needs at least "
-                    f"{human_bytes(need)} ({human_bytes(m.size_bytes)} weights + "
+                    f"model {m.ref} can never fit the memory budget: loading it needs about "
+                    f"{human_bytes(need)} ({m.parameters:,} weights at their float32 load peak + "
                     f"{human_bytes(memory.kv_cache_bytes)} KV pool + "
                     f"{human_bytes(memory.swap_bytes)} swap), the budget is "
                     f"{human_bytes(budget)} ({source})",
@@ -276,10 +277,10 @@ def check_memory_budget(ins: Inspection) -> list[CheckResult]:
                 )
             )
     if not results:
-        largest = max(manifests, key=lambda m: m.size_bytes, default=None)
+        largest = max(manifests, key=lambda m: m.parameters, default=None)
         fits = (
-            f"; the largest model {largest.ref} needs at least "
-            f"{human_bytes(largest.size_bytes + pools)}"
+            f"; loading the largest model {largest.ref} needs about "
+            f"{human_bytes(load_bytes_for(largest.parameters, memory.kv_cache_bytes, memory.swap_bytes))}"
             if largest
             else ""
         )
@@ -297,7 +298,7 @@ def check_memory_budget(ins: Inspection) -> list[CheckResult]:
 def _budget_fix(m: ModelManifest, need: int, budget: int, ram: int) -> str:
     if need <= ram * 0.9:  # the host has the memory: the budget is what is too small
         return f"export LLMOS_KERNEL__MEMORY_BUDGET_BYTES={_round_up(need)}"
-    room = budget - m.size_bytes
+    room = budget - load_bytes_for(m.parameters, 0, 0)
     if room >= MIN_KV_BYTES:
         kv = room // (1 << 20) << 20
         return f"export LLMOS_MEMORY__KV_CACHE_BYTES={kv} LLMOS_MEMORY__SWAP_BYTES=0"
