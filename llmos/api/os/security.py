@@ -98,7 +98,7 @@ async def list_users(ctx: ServerContext = Depends(get_context)) -> dict[str, Any
     "/os/users",
     openapi_extra=body_schema(NewUser),
     response_model=None,
-    responses=responses(User, 409),
+    responses=responses(User, 409, 507),
 )
 async def add_user(
     request: Request,
@@ -135,7 +135,7 @@ async def list_keys(
     "/os/keys",
     openapi_extra=body_schema(NewKey),
     response_model=None,
-    responses=responses(CreatedKey, 404),
+    responses=responses(CreatedKey, 404, 507),
 )
 async def create_key(
     request: Request,
@@ -159,7 +159,7 @@ async def create_key(
     return _key_json(new.info) | {"key": new.secret}
 
 
-@router.delete("/os/keys/{key_id}", response_model=None, responses=responses(Key, 404))
+@router.delete("/os/keys/{key_id}", response_model=None, responses=responses(Key, 404, 507))
 async def revoke_key(
     key_id: str,
     request: Request,
