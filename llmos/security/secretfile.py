@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmos.errors import LlmosError
+from llmos.storage.space import disk_errors
 
 
 class SecretFileError(LlmosError):
@@ -25,7 +26,13 @@ class SecretFileError(LlmosError):
 
 
 def write_secret_file(path: Path, text: str, *, overwrite: bool = True) -> None:
-    """Write `text` to `path` with mode 0600, atomically."""
+    """Write `text` to `path` with mode 0600, atomically; a full disk or a failing write is
+    InsufficientStorage (nothing half-written stays)."""
+    with disk_errors(f"writing the secret file {path.name}", path.parent):
+        _write_secret_file(path, text, overwrite=overwrite)
+
+
+def _write_secret_file(path: Path, text: str, *, overwrite: bool) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(6)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
