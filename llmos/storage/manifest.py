@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmos.errors import InvalidModelFile
 from llmos.storage.formats import gguf, hf_folder
 
 ModelFormat = Literal["gguf", "hf"]
@@ -25,6 +26,41 @@ class ModelFile(BaseModel):
     role: FileRole
     digest: str = Field(description="sha256 hex of the file's bytes.")
     size_bytes: int
+
+
+class ModelProfile(BaseModel):
+    """A model's own defaults: what a request that omits a field gets (request > profile >
+    llmos's chat defaults). Every field is optional; the bounds are the API's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus cut, in (0, 1].")
+    top_k: int | None = Field(None, ge=-1, description="Keep the k likeliest; 0 or -1: off.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Drop below min_p x the top.")
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="1 is off.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
+    system: str | None = Field(None, description="System prompt for chats that send none.")
+    stop: list[str] | None = Field(None, description="Stop strings.")
+
+    def sampling(self) -> dict[str, Any]:
+        """The fields set, as SamplingParams keywords (the system prompt is not one)."""
+        return self.model_dump(exclude_none=True, exclude={"system"})
+
+
+def read_profile(raw: dict[str, Any], where: str) -> ModelProfile | None:
+    """The profile `raw` describes (None when empty); InvalidModelFile naming the bad key."""
+    if not raw:
+        return None
+    try:
+        return ModelProfile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise InvalidModelFile(
+            f"{where}: sampling default {key}={err.get('input')!r} is invalid: {err['msg']}",
+            hint="fix or remove that value in the model's files, then import again",
+        ) from None
 
 
 class ModelManifest(BaseModel):
@@ -44,6 +80,9 @@ class ModelManifest(BaseModel):
     source: str = Field(description="Where it was imported from (path or pkg:NAME).")
     created_at: datetime
     files: list[ModelFile]
+    profile: ModelProfile | None = Field(
+        None, description="The model's sampling defaults; None: llmos's chat defaults."
+    )
 
     @property
     def ref(self) -> str:

@@ -27,7 +27,7 @@ from llmos.errors import Conflict, InvalidModelFile, InvalidRequest, ModelCorrup
 from llmos.storage.blobs import CHUNK_BYTES, DigestMismatch, ProgressFn, hash_file
 from llmos.storage.formats import gguf, hf_folder
 from llmos.storage.layout import TEMP_PREFIX, fsync_dir
-from llmos.storage.manifest import ModelFile, ModelManifest
+from llmos.storage.manifest import ModelFile, ModelManifest, ModelProfile, read_profile
 from llmos.storage.names import ModelRef, validate_name
 from llmos.storage.packages import PackageSource, is_package_source, locate
 from llmos.storage.schema import ModelFileRow, ModelRow, as_utc
@@ -52,6 +52,7 @@ class _Prepared:
     tokenizer: dict[str, Any]
     chat_template: str | None
     files: dict[str, tuple[Path, str]] = field(default_factory=dict)  # name -> (path, role)
+    profile: ModelProfile | None = None  # the sampling defaults the model ships
 
     @property
     def size_bytes(self) -> int:
@@ -223,6 +224,7 @@ class Registry:
                     tokenizer=prepared.tokenizer,
                     chat_template=prepared.chat_template,
                     source=source,
+                    profile=_profile_json(prepared.profile),
                     files=[ModelFileRow(**f.model_dump()) for f in files],
                 )
                 s.add(row)
@@ -294,6 +296,7 @@ class Registry:
                             "tokenizer",
                             "chat_template",
                             "source",
+                            "profile",
                         )
                     },  # fmt: skip
                 )
@@ -500,6 +503,10 @@ def _prepare(path: Path) -> _Prepared:
             tokenizer=info.tokenizer,
             chat_template=info.facts.chat_template,
             files={n: (path / n, role) for n, role in info.files.items()},
+            profile=read_profile(
+                hf_folder.sampling_defaults(info.generation_config),
+                f"{path.name}/generation_config.json",
+            ),
         )
     if not path.is_file():
         raise InvalidRequest(f"{path} is not a regular file or folder")
@@ -532,6 +539,7 @@ def _prepare_gguf(path: Path, fname: str) -> _Prepared:
         tokenizer=info.tokenizer,
         chat_template=info.facts.chat_template,
         files={fname: (path, "weights")},
+        profile=read_profile(gguf.sampling_defaults(config), f"{fname} (general.sampling.*)"),
     )
 
 
@@ -564,6 +572,10 @@ def _same_files(row: ModelRow, files: list[ModelFile]) -> bool:
     )
 
 
+def _profile_json(profile: ModelProfile | None) -> dict[str, Any] | None:
+    return profile.model_dump(exclude_none=True) if profile is not None else None
+
+
 def _manifest(row: ModelRow) -> ModelManifest:
     return ModelManifest(
         name=row.name,
@@ -579,6 +591,7 @@ def _manifest(row: ModelRow) -> ModelManifest:
         chat_template=row.chat_template,
         source=row.source,
         created_at=as_utc(row.created_at),
+        profile=ModelProfile.model_validate(row.profile) if row.profile else None,
         files=[
             ModelFile(path=f.path, role=f.role, digest=f.digest, size_bytes=f.size_bytes)
             for f in row.files

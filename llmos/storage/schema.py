@@ -49,6 +49,8 @@ class ModelRow(Base):
     chat_template: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The model's sampling defaults (a ModelProfile's set fields); NULL: none shipped.
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     files: Mapped[list[ModelFileRow]] = relationship(
         back_populates="model",

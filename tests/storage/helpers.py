@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 
 
-def write_gguf(path: Path, *, num_tensors: int = 4, elements: int = 4096, seed: int = 0) -> Path:
-    """A valid llama-architecture GGUF with random F32 tensors (num_tensors * elements * 4 bytes)."""
+def write_gguf(
+    path: Path,
+    *,
+    num_tensors: int = 4,
+    elements: int = 4096,
+    seed: int = 0,
+    extra: dict[str, float | int] | None = None,
+) -> Path:
+    """A valid llama-architecture GGUF with random F32 tensors (num_tensors * elements * 4 bytes);
+    `extra` metadata: float values as FLOAT32, ints as INT32 (as llama.cpp writes sampling keys)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -21,6 +29,11 @@ def write_gguf(path: Path, *, num_tensors: int = 4, elements: int = 4096, seed: 
     w.add_tokenizer_model("gpt2")
     w.add_token_list([f"t{i}" for i in range(100)])
     w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    for key, value in (extra or {}).items():
+        if isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_int32(key, value)
     for i in range(num_tensors):
         w.add_tensor(f"blk.{i}.weight", rng.standard_normal(elements, dtype=np.float32))
     w.write_header_to_file()

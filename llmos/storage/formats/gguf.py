@@ -350,3 +350,19 @@ def _tokenizer(meta: dict[str, Any]) -> dict[str, Any]:
         elif _plain(value):
             out[short] = value
     return out
+
+
+# GGUF metadata key -> profile field (llama.cpp's `general.sampling.*`, written by its
+# convert script from a model's generation_config.json).
+_SAMPLING_KEYS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.top_k": "top_k",
+    "general.sampling.min_p": "min_p",
+    "general.sampling.penalty_repeat": "repetition_penalty",
+}
+
+
+def sampling_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The sampling defaults the metadata sets, under the profile's field names."""
+    return {field: metadata[key] for key, field in _SAMPLING_KEYS.items() if key in metadata}

@@ -232,3 +232,22 @@ def chat_template(folder: Path, tokenizer_config: dict[str, Any]) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     return template_or_none(template)
+
+
+# generation_config.json key -> profile field (transformers' names for the sampling defaults).
+_GENERATION_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
+    """The sampling defaults generation_config.json sets, under the profile's field names."""
+    return {
+        field: generation_config[key]
+        for key, field in _GENERATION_KEYS.items()
+        if generation_config.get(key) is not None
+    }
