@@ -70,6 +70,11 @@ class KernelConfig(BaseModel):
         "device), pad small batches so a process's output never depends on its batch "
         "neighbours (the native GEMM is invariant at no cost; see docs/design/kernel.md).",
     )
+    policy: Literal["fcfs", "priority", "fair"] = Field(
+        "priority",
+        description="Queue order: fcfs; priority (classes, then arrival); fair (classes, then "
+        "per-owner fair share by virtual token counters, then arrival).",
+    )
     max_resident_models: int = Field(
         2,
         ge=1,

@@ -94,6 +94,7 @@ class Engine:
             self.swap,
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
+            policy=kernel.policy,
         )
         self.runner = ModelRunner(
             model, self.kv, device=kernel.device, pad_to=None if kernel.batch_invariant else []

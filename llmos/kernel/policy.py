@@ -1,31 +1,91 @@
 """Queue policies: the order in which the scheduler serves processes, behind one interface.
 
-A policy maps a process to a sort key; smaller keys run first and are preempted last.
+A policy maps a process to a sort key; smaller keys run first and are preempted last. Stateful
+policies also hear of arrivals and of the tokens each process is served (`on_add`, `charge`).
+
+`fair` is per-owner fair share inside each priority class: a virtual token counter per owner
+("Fairness in Serving Large Language Models", Sheng et al., OSDI 2024, VTC) charged
+`input_weight` per prompt token and `output_weight` per output token, divided by the owner's
+share; the backlogged owner with the smallest counter goes first. An owner that arrives after
+being idle is lifted to the smallest counter of the owners already waiting, so idle time cannot
+be banked. Invariant: a counter only grows; tokens recomputed after a preemption are not charged
+again (the owner did not ask for them twice).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from llmos.kernel.process import Process
 
+Key = tuple[float, ...]
+
 
 class SchedulingPolicy(Protocol):
-    def __call__(self, proc: Process) -> tuple[int, ...]: ...
+    """Orders processes; the scheduler calls the hooks as work arrives and is served."""
+
+    def key(self, proc: Process) -> Key: ...
+    def on_add(self, proc: Process, active_owners: Iterable[str]) -> None: ...
+    def charge(self, proc: Process, num_prompt_tokens: int, num_output_tokens: int) -> None: ...
 
 
-def fcfs(proc: Process) -> tuple[int, ...]:
+class _Stateless:
+    """A policy that is a pure function of the process."""
+
+    def __init__(self, key: Callable[[Process], Key]) -> None:
+        self.key = key
+
+    def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
+        pass
+
+    def charge(self, proc: Process, num_prompt_tokens: int, num_output_tokens: int) -> None:
+        pass
+
+
+def fcfs(proc: Process) -> Key:
     """First come, first served; priority classes ignored."""
     return (proc.seq_no,)
 
 
-def priority(proc: Process) -> tuple[int, ...]:
+def priority(proc: Process) -> Key:
     """Priority classes (interactive > normal > batch), first come first served within one."""
     return (int(proc.priority), proc.seq_no)
 
 
-POLICIES: dict[str, Callable[[Process], tuple[int, ...]]] = {
-    "fcfs": fcfs,
-    "priority": priority,
+class FairShare:
+    """Priority classes, then the owner's virtual token counter (VTC), then arrival."""
+
+    def __init__(
+        self,
+        *,
+        input_weight: float = 1.0,
+        output_weight: float = 2.0,
+        shares: dict[str, float] | None = None,
+    ) -> None:
+        self.input_weight = input_weight
+        self.output_weight = output_weight
+        self.shares = dict(shares or {})
+        self.counters: dict[str, float] = {}
+
+    def key(self, proc: Process) -> Key:
+        return (int(proc.priority), self.counters.get(proc.owner, 0.0), proc.seq_no)
+
+    def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
+        owners = set(active_owners)
+        if proc.owner in owners or not owners:
+            return  # already backlogged (its counter is live), or nobody to catch up with
+        floor = min(self.counters.get(o, 0.0) for o in owners)
+        self.counters[proc.owner] = max(self.counters.get(proc.owner, 0.0), floor)
+
+    def charge(self, proc: Process, num_prompt_tokens: int, num_output_tokens: int) -> None:
+        cost = self.input_weight * num_prompt_tokens + self.output_weight * num_output_tokens
+        share = self.shares.get(proc.owner, 1.0)
+        self.counters[proc.owner] = self.counters.get(proc.owner, 0.0) + cost / share
+
+
+POLICIES: dict[str, Callable[[], SchedulingPolicy]] = {
+    "fcfs": lambda: _Stateless(fcfs),
+    "priority": lambda: _Stateless(priority),
+    "fair": FairShare,
 }

@@ -55,7 +55,11 @@ class Scheduler:
         self.swap = swap
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
-        self.key = POLICIES[policy]
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r}: one of {sorted(POLICIES)}")
+        self.policy = POLICIES[policy]()
+        self.key = self.policy.key
+        self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
         self.running: list[Process] = []
         self.swapped: list[Process] = []
@@ -73,6 +77,7 @@ class Scheduler:
         self._seq_no += 1
         proc.seq_no = self._seq_no
         proc.state = ProcessState.WAITING
+        self.policy.on_add(proc, (p.owner for p in self.waiting + self.running + self.swapped))
         self.waiting.append(proc)
 
     def blocks_for(self, num_tokens: int) -> int:
@@ -88,6 +93,7 @@ class Scheduler:
         self.swap.free(self._swap_slots.pop(proc.pid, []))
         self._block_hashes.pop(proc.pid, None)
         self._num_registered.pop(proc.pid, None)
+        self._charged.pop(proc.pid, None)
         proc.is_swapped = False
         proc.state = state
 
@@ -239,11 +245,23 @@ class Scheduler:
         self._num_registered.pop(proc.pid, None)
         logger.debug("preempted pid=%d swapped=%s", proc.pid, proc.is_swapped)
 
+    def _charge(self, proc: Process) -> None:
+        """Tell the policy what `proc` was served: tokens computed for the first time (a
+        recompute after preemption is not charged twice)."""
+        start = self._charged.get(proc.pid, 0)
+        end = proc.num_computed_tokens
+        if end <= start:
+            return
+        num_prompt = max(0, min(end, proc.num_prompt_tokens) - start)
+        self.policy.charge(proc, num_prompt, end - start - num_prompt)
+        self._charged[proc.pid] = end
+
     # ---- after the forward pass ----------------------------------------------------------
     def on_computed(self, item: ScheduledProcess) -> None:
         """Advance a process past its scheduled tokens and publish its newly full blocks."""
         proc = item.proc
         proc.num_computed_tokens += item.num_new_tokens
+        self._charge(proc)
         if not self.pool.enable_prefix_caching:
             return
         hashes = self._block_hashes.setdefault(proc.pid, [])
