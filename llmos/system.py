@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmos.config import Settings
 from llmos.errors import InvalidRequest
@@ -37,18 +37,26 @@ def open_storage(settings: Settings) -> Storage:
 
 def locate_model(ref: str | None, settings: Settings) -> tuple[str | None, str | Path]:
     """(served name, what to load) for a model reference: a path, a registry name, a package."""
+    served, source, _ = _locate(ref, settings)
+    return served, source
+
+
+def _locate(
+    ref: str | None, settings: Settings
+) -> tuple[str | None, str | Path, dict[str, Any] | None]:
+    """`locate_model` plus the registry model's profile (None outside the registry)."""
     from llmos.models.loader import DEFAULT_MODEL
     from llmos.storage.registry import Registry, ensure_default_model
 
     if ref is not None and Path(ref).expanduser().exists():
-        return None, Path(ref).expanduser()
+        return None, Path(ref).expanduser(), None
     name = ref or DEFAULT_MODEL
     registry = Registry(open_storage(settings))
     if name == DEFAULT_MODEL:
         ensure_default_model(registry)
     if registry.exists(name):
-        return name, registry.resolve(name)
-    return None, name  # a packaged model the loader knows (gemma3), or its clear error
+        return name, registry.resolve(name), profile_of(registry, name)
+    return None, name, None  # a packaged model the loader knows (gemma3), or its clear error
 
 
 def load_engine(
@@ -57,12 +65,14 @@ def load_engine(
     *,
     pids: Iterator[int] | None = None,
     name: str | None = None,
+    profile: dict[str, Any] | None = None,
 ) -> Engine:
     """Load a model and build a kernel engine around it.
 
     `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a packaged
     model (`smollm2`, the default, or `gemma3`). `pids` is the pid counter shared with the other
-    engines of one server; `name` overrides the name the model is served as.
+    engines of one server; `name` overrides the name the model is served as. The engine gets
+    the registry model's profile (its sampling defaults), or `profile` when given.
     """
     from llmos.kernel.engine import Engine, set_compute_threads
     from llmos.models.loader import load_model_files
@@ -70,7 +80,7 @@ def load_engine(
 
     settings = settings or Settings()
     set_compute_threads(settings.kernel.num_threads)
-    served, source = locate_model(ref, settings)
+    served, source, stored_profile = _locate(ref, settings)
     check_memory_budget(name or served or str(source), source, settings)
     files = load_model_files(source)
     model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
@@ -82,7 +92,14 @@ def load_engine(
         kernel=settings.kernel,
         memory=settings.memory,
         pids=pids,
+        profile=profile if profile is not None else stored_profile,
     )
+
+
+def profile_of(registry: Registry, name: str) -> dict[str, Any]:
+    """A registry model's profile as the engine holds it: the fields set ({} for none)."""
+    profile = registry.show(name).profile
+    return profile.model_dump(exclude_none=True) if profile is not None else {}
 
 
 def load_bytes(source: str | Path, settings: Settings) -> int:
@@ -157,7 +174,8 @@ class RegistrySource:
         # The verified blob (a `.gguf` link or an HF folder of links in the data dir), never a
         # path a request could name; `check` already hashed it (cached by inode and mtime).
         path = self.registry.resolve(model_id)
-        return load_engine(str(path), self.settings, pids=pids, name=model_id)
+        profile = profile_of(self.registry, model_id)
+        return load_engine(str(path), self.settings, pids=pids, name=model_id, profile=profile)
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Engine:
         kernel: KernelConfig | None = None,
         memory: MemoryConfig | None = None,
         pids: Iterator[int] | None = None,
+        profile: dict[str, Any] | None = None,
     ) -> None:
         self.kernel_config = kernel = kernel or KernelConfig()
         self.memory_config = memory = memory or MemoryConfig()
@@ -70,6 +71,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.chat_template = chat_template
+        # The model's defaults as plain data (set fields of its stored profile; the kernel
+        # never reads the registry): what a request omitting a field gets before llmos's own.
+        self.profile = dict(profile or {})
         self.max_model_len = min(kernel.max_model_len, c.max_position_embeddings)
         block_bytes = KVCache.bytes_per_block(
             c.num_layers, memory.block_size, c.num_kv_heads, c.head_dim
@@ -213,6 +217,7 @@ class Engine:
             kernel=self.kernel_config,
             memory=self.memory_config,
             pids=self.pids,
+            profile=self.profile,
         )
 
     # ---- the tick (driver thread only) ---------------------------------------------------

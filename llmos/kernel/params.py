@@ -6,12 +6,39 @@ A plain dataclass (not pydantic): it rides on every Process through the tick.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmos.errors import InvalidRequest
 
 MAX_LOGPROBS = 20
 MAX_CACHE_SALT_CHARS = 256
+
+# What a chat gets for a field neither the request nor the model's profile sets: llama.cpp's
+# defaults, because temperature 1.0 unfiltered makes small models ramble (issue 12; measured on
+# SmolLM2 in docs/api.md#sampling-defaults). SamplingParams' own defaults stay plain (1.0, off)
+# for code that builds one directly.
+CHAT_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "repetition_penalty": 1.0,
+}
+DEFAULTED_FIELDS = (*CHAT_DEFAULTS, "max_tokens", "stop")
+
+
+def with_defaults(request: Mapping[str, Any], profile: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each of DEFAULTED_FIELDS by precedence: the request's value (None: omitted) > the model
+    profile's > CHAT_DEFAULTS (absent there: left out, SamplingParams' default)."""
+    out: dict[str, Any] = {}
+    for name in DEFAULTED_FIELDS:
+        for layer in (request, profile or {}, CHAT_DEFAULTS):
+            if layer.get(name) is not None:
+                out[name] = layer[name]
+                break
+    return out
 
 
 @dataclass(slots=True)

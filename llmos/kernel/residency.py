@@ -49,6 +49,7 @@ class ServedEngine(EngineLike, Protocol):
     tokenizer: Any
     chat_template: str | None
     max_model_len: int
+    profile: dict[str, Any]  # the model's defaults (temperature, ..., system, stop); {}: none
 
     def rebuild(self) -> ServedEngine:
         """A fresh engine (new KV pool and process table) around the same weights."""
