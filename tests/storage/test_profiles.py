@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy import update
 
 from llmos.errors import InvalidModelFile
+from llmos.storage.registry import ensure_default_model
 from llmos.storage.schema import ModelRow
+from tests.required import require_smollm2
 from tests.storage.helpers import write_gguf, write_hf_folder
 
 
@@ -99,3 +101,10 @@ def test_a_model_stored_before_profiles_loads_with_none(registry, storage, tmp_p
     with storage.db.session() as s:  # what a row migrated from revision 0003 holds
         s.execute(update(ModelRow).values(profile=None))
     assert registry.show("a").profile is None
+
+
+def test_the_default_model_gets_its_model_cards_profile(registry):
+    require_smollm2()
+    m = ensure_default_model(registry)
+    assert m.profile is not None and m.profile.sampling() == {"temperature": 0.2, "top_p": 0.9}
+    assert registry.show("smollm2").profile == m.profile
