@@ -59,3 +59,13 @@ def _starts_with_bos(engine: Any, text: str) -> bool:
     tok = engine.tokenizer
     bos = special_token(tok, getattr(tok, "bos_token_id", None))
     return bool(bos) and text.startswith(bos)
+
+
+def with_profile_system(
+    messages: list[dict[str, Any]], profile: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The messages, led by the profile's system prompt when they bring none of their own."""
+    system = profile.get("system")
+    if not system or any(m["role"] in ("system", "developer") for m in messages):
+        return messages
+    return [{"role": "system", "content": system}, *messages]

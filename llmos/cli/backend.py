@@ -42,14 +42,15 @@ class LocalBackend:
         self.model = self.engine.model_name
 
     def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
-        from llmos.api.prompts import encode_chat
-        from llmos.kernel.params import SamplingParams
+        from llmos.api.prompts import encode_chat, with_profile_system
+        from llmos.kernel.params import SamplingParams, with_defaults
 
+        # The server's precedence: an option given > the model's profile > llmos's defaults.
         sampling = SamplingParams(
-            max_tokens=params.get("max_tokens"),
-            temperature=params.get("temperature", 1.0),
+            **({"max_tokens": None} | with_defaults(params, self.engine.profile)),
             seed=params.get("seed"),
         )
+        messages = with_profile_system(messages, self.engine.profile)
         pid = self.engine.submit(encode_chat(self.engine, messages), sampling)
         finished = False
         try:

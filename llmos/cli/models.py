@@ -28,6 +28,7 @@ from llmos.cli.common import LlmosGroup, console, err_console, safe_text
 from llmos.cli.settings import storage_config
 from llmos.errors import Conflict
 from llmos.storage.blobs import ProgressFn
+from llmos.storage.manifest import ModelManifest
 from llmos.storage.registry import Registry
 from llmos.storage.store import Storage
 
@@ -141,6 +142,7 @@ def show(
         ("created", m.created_at.isoformat()),
         ("tokenizer", json.dumps(m.tokenizer)),
         ("chat template", f"{len(m.chat_template)} chars" if m.chat_template else "-"),
+        ("profile", _profile(m)),
     ]
     rows += [
         (f"file {f.role}", f"{f.path}  sha256:{f.digest}  {human_bytes(f.size_bytes)}")
@@ -148,6 +150,12 @@ def show(
     ]
     for key, value in rows:
         console.print(f"{key:>14}  {safe_text(str(value))}", markup=False)
+
+
+def _profile(m: ModelManifest) -> str:
+    if m.profile is None:
+        return "- (llmos defaults)"
+    return json.dumps(m.profile.model_dump(exclude_none=True))
 
 
 @app.command("tag")

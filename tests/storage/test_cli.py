@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -132,3 +133,21 @@ def test_real_packages_import_and_reimport_without_a_second_copy(home):
     assert "ok       gemma3-270m:latest" in run(models_cli.app, "verify").stdout
     assert run(models_cli.app, "rm", "gemma3-270m").exit_code == 0
     assert "gemma3" not in run(models_cli.app, "list").stdout
+
+
+def test_models_show_prints_the_profile_and_import_refuses_bad_defaults(tmp_path):
+    src = write_gguf(tmp_path / "p.gguf", extra={"general.sampling.temp": 0.25})
+    assert run(models_cli.app, "import", str(src), "--name", "p").exit_code == 0
+    show = run(models_cli.app, "show", "p").stdout
+    assert '   profile  {"temperature": 0.25}' in show
+    assert (
+        json.loads(run(models_cli.app, "show", "p", "--json").stdout)["profile"]["temperature"]
+        == 0.25
+    )
+    plain = write_gguf(tmp_path / "plain.gguf", seed=3)
+    assert run(models_cli.app, "import", str(plain), "--name", "plain").exit_code == 0
+    assert "profile  - (llmos defaults)" in run(models_cli.app, "show", "plain").stdout
+    bad = write_gguf(tmp_path / "bad.gguf", seed=4, extra={"general.sampling.top_p": 2.0})
+    r = run(models_cli.app, "import", str(bad), "--name", "bad")
+    assert r.exit_code == 1 and "top_p=2.0 is invalid" in r.output
+    assert "bad" not in run(models_cli.app, "list").stdout

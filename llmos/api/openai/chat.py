@@ -15,7 +15,7 @@ from llmos.api.openai import serving as sv
 from llmos.api.openai.responses import SSE_STREAM, ChatCompletion
 from llmos.api.openai.schemas import ChatCompletionRequest
 from llmos.api.openapi import responses
-from llmos.api.prompts import encode_chat
+from llmos.api.prompts import encode_chat, with_profile_system
 from llmos.errors import InvalidRequest
 from llmos.kernel.loop import OutputStream
 from llmos.kernel.residency import ServedEngine
@@ -40,17 +40,22 @@ async def create_chat_completion(
     model = await granted_model(ctx, request, body.model)
     _refuse_unsupported(body)
     messages = [m.model_dump(exclude_none=True) | {"content": m.text()} for m in body.messages]
-    num_chars = sum(len(m["content"]) for m in messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     async with ctx.use_model(model) as engine:
+        messages = with_profile_system(messages, engine.profile)
+        num_chars = sum(len(m["content"]) for m in messages)
         sv.precheck_length(engine, num_chars)
         prompt_ids = await sv.off_loop(num_chars, encode_chat, engine, messages)
         prompts = [
             (
                 prompt_ids,
                 sv.sampling_params(
-                    body, max_tokens=max_tokens, logprobs=num_logprobs, choice_idx=i
+                    body,
+                    max_tokens=max_tokens,
+                    logprobs=num_logprobs,
+                    choice_idx=i,
+                    profile=engine.profile,
                 ),
             )
             for i in range(body.n or 1)

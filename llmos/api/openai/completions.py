@@ -48,7 +48,11 @@ async def create_completion(
             (
                 ids,
                 sv.sampling_params(
-                    body, max_tokens=max_tokens, logprobs=body.logprobs, choice_idx=i
+                    body,
+                    max_tokens=max_tokens,
+                    logprobs=body.logprobs,
+                    choice_idx=i,
+                    profile=engine.profile,
                 ),
             )
             for ids in prompt_ids

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from llmos.api.openai.schemas import SamplingFields
 from llmos.errors import ContextTooLong, InvalidRequest, process_error
 from llmos.kernel.loop import OutputStream
 from llmos.kernel.outputs import FinishReason, ProcessOutput, RequestTiming
-from llmos.kernel.params import SamplingParams
+from llmos.kernel.params import SamplingParams, with_defaults
 from llmos.kernel.process import Priority
 from llmos.kernel.residency import ServedEngine
 
@@ -114,9 +114,15 @@ def parse_priority(value: str | int | None) -> Priority:
 
 
 def sampling_params(
-    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, choice_idx: int
+    req: SamplingFields,
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+    choice_idx: int,
+    profile: Mapping[str, Any] | None = None,
 ) -> SamplingParams:
-    """SamplingParams for one choice; choice i > 0 gets seed + i so choices differ."""
+    """SamplingParams for one choice; choice i > 0 gets seed + i so choices differ. A field the
+    request omits (None) takes the model's `profile` value, else llmos's CHAT_DEFAULTS."""
     bias = None
     if req.logit_bias:
         try:
@@ -127,18 +133,21 @@ def sampling_params(
                 param="logit_bias",
             ) from None
     seed = None if req.seed is None else req.seed + choice_idx
+    asked = {
+        "max_tokens": max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "repetition_penalty": req.repetition_penalty,
+        "stop": req.stop_list if req.stop is not None else None,
+    }
     params = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
-        repetition_penalty=req.repetition_penalty or 1.0,
+        **({"max_tokens": None} | with_defaults(asked, profile)),  # None: until the context
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         logit_bias=bias,
         seed=seed,
-        stop=req.stop_list,
         stop_token_ids=list(req.stop_token_ids or []),
         ignore_eos=bool(req.ignore_eos),
         logprobs=logprobs,

@@ -119,7 +119,13 @@ async def list_models(ctx: ServerContext = Depends(get_context)) -> dict[str, An
 async def show_model(name: str, ctx: ServerContext = Depends(get_context)) -> dict[str, Any]:
     """One stored model's manifest (404 if the registry has no such name)."""
     m = await _run(lambda: ctx.registry.show(name))
-    return {**_card(m, ctx), "config": m.config, "files": [f.model_dump() for f in m.files]}
+    profile = m.profile.model_dump(exclude_none=True) if m.profile is not None else None
+    return {
+        **_card(m, ctx),
+        "config": m.config,
+        "files": [f.model_dump() for f in m.files],
+        "profile": profile,
+    }
 
 
 @router.post(

@@ -157,6 +157,10 @@ class StoredFile(BaseModel):
 class StoredModelDetail(StoredModel):
     config: dict[str, Any]
     files: list[StoredFile]
+    profile: dict[str, Any] | None = Field(
+        description="The model's defaults (temperature, top_p, top_k, min_p, "
+        "repetition_penalty, max_tokens, system, stop; only those set); null: llmos's defaults."
+    )
 
 
 class StoredModelList(BaseModel):
