@@ -168,6 +168,43 @@ def tag(
     console.print(f"tagged {m.ref}", markup=False)
 
 
+@app.command("create")
+def create(
+    name: str = typer.Argument(..., help="New name[:tag]."),
+    src: str = typer.Option(..., "--from", help="The stored model it shares weights with."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="A default, KEY=VALUE (temperature=0.2); repeatable."
+    ),
+    system: str | None = typer.Option(None, "--system", "-s", help="Default system prompt."),
+) -> None:
+    """Make a model that shares another's blobs and differs only in its profile (its sampling
+    defaults and system prompt), like Ollama's `create`. `--param stop=X` may repeat."""
+    m = Registry(open_storage()).create(name, src, params=_parse_params(param), system=system)
+    console.print(f"created {m.ref} from {src}: {_profile(m)}", markup=False)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs: numbers as numbers, `stop` collected into a list."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        key = key.strip()
+        if key == "stop":
+            out.setdefault("stop", []).append(text)
+            continue
+        value: Any = text
+        for parse in (int, float):
+            try:
+                value = parse(text)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
 @app.command("rm")
 def rm(name: str = typer.Argument(..., help="name[:tag]")) -> None:
     """Remove a model, then delete blobs no other model or dataset uses."""

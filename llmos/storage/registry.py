@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -272,6 +273,29 @@ class Registry:
 
     def tag(self, src: str, dst: str) -> ModelManifest:
         """Give a stored model another name:tag (a copy of the manifest; blobs are shared)."""
+        return self._copy(src, dst)
+
+    def create(
+        self, name: str, src: str, *, params: dict[str, Any], system: str | None = None
+    ) -> ModelManifest:
+        """A new model `name` sharing `src`'s blobs, whose profile is `src`'s with `params`
+        (ModelProfile fields) and `system` over it; `src` is its parent. Ollama's `create`."""
+        ModelRef.parse(name)  # a bad name fails before the profile is checked
+        with self.storage.db.session() as s:
+            parent = _manifest(self._get(s, ModelRef.parse(src)))
+        merged = parent.profile.model_dump(exclude_none=True) if parent.profile else {}
+        merged |= params | ({"system": system} if system is not None else {})
+        return self._copy(src, name, profile=_user_profile(merged), parent=parent.ref)
+
+    def _copy(
+        self,
+        src: str,
+        dst: str,
+        *,
+        profile: ModelProfile | None = None,
+        parent: str | None = None,
+    ) -> ModelManifest:
+        """A copy of `src`'s manifest row under `dst`, with a new profile and parent if given."""
         src_ref, dst_ref = ModelRef.parse(src), ModelRef.parse(dst)
         try:
             with self.storage.db.session() as s:
@@ -304,6 +328,10 @@ class Registry:
                         )
                     },  # fmt: skip
                 )
+                if profile is not None:
+                    copy.profile = _profile_json(profile)
+                if parent is not None:
+                    copy.parent = parent
                 s.add(copy)
                 s.flush()
                 return _manifest(copy)
@@ -582,6 +610,23 @@ def _with_package_profile(profile: ModelProfile | None, pkg: PackageSource) -> M
         return profile
     shipped = profile.model_dump(exclude_none=True) if profile is not None else {}
     return read_profile(shipped | pkg.spec.profile, f"package {pkg.spec.package}")
+
+
+def _user_profile(raw: dict[str, Any]) -> ModelProfile:
+    """A profile from `models create` values: InvalidRequest naming the bad one."""
+    try:
+        return ModelProfile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(f for f in ModelProfile.model_fields if f != "system")
+            raise InvalidRequest(
+                f"unknown parameter {key!r}", hint=f"parameters: {allowed}"
+            ) from None
+        raise InvalidRequest(
+            f"invalid parameter {key}={err.get('input')!r}: {err['msg']}"
+        ) from None
 
 
 def _profile_json(profile: ModelProfile | None) -> dict[str, Any] | None:

@@ -151,3 +151,33 @@ def test_models_show_prints_the_profile_and_import_refuses_bad_defaults(tmp_path
     r = run(models_cli.app, "import", str(bad), "--name", "bad")
     assert r.exit_code == 1 and "top_p=2.0 is invalid" in r.output
     assert "bad" not in run(models_cli.app, "list").stdout
+
+
+def test_models_create_and_its_one_line_errors(tmp_path, home):
+    src = write_gguf(tmp_path / "base.gguf")
+    assert run(models_cli.app, "import", str(src), "--name", "base").exit_code == 0
+    r = run(
+        models_cli.app,
+        "create", "calm", "--from", "base", "-p", "temperature=0.2", "-p", "top_k=20",
+        "-p", "stop=###", "--system", "Be brief.",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert 'created calm:latest from base: {"temperature": 0.2, "top_k": 20, ' in r.stdout
+    assert '"system": "Be brief.", "stop": ["###"]}' in r.stdout
+    assert "calm:latest" in run(models_cli.app, "list").stdout
+    assert len(os.listdir(home / "blobs")) == 1
+    for args, message in [
+        (
+            ["-p", "temprature=0.2"],
+            "error: unknown parameter 'temprature' (hint: parameters: temperature",
+        ),
+        (["-p", "top_p=7"], "error: invalid parameter top_p=7"),
+        (["-p", "top_k=many"], "error: invalid parameter top_k='many'"),
+    ]:
+        r = run(models_cli.app, "create", "bad", "--from", "base", *args)
+        assert r.exit_code == 1 and r.output.startswith(message), r.output
+        assert len(r.output.strip().splitlines()) == 1
+    r = run(models_cli.app, "create", "bad", "--from", "nope", "-p", "top_k=1")
+    assert r.exit_code == 1 and "model nope:latest not found" in r.output
+    assert run(models_cli.app, "create", "bad", "--from", "base", "-p", "x").exit_code == 2
+    assert "bad" not in run(models_cli.app, "list").stdout

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import update
 
-from llmos.errors import InvalidModelFile
+from llmos.errors import InvalidModelFile, InvalidRequest, NotFound
 from llmos.storage.registry import ensure_default_model
 from llmos.storage.schema import ModelRow
 from tests.required import require_smollm2
@@ -108,3 +108,36 @@ def test_the_default_model_gets_its_model_cards_profile(registry):
     m = ensure_default_model(registry)
     assert m.profile is not None and m.profile.sampling() == {"temperature": 0.2, "top_p": 0.9}
     assert registry.show("smollm2").profile == m.profile
+
+
+def test_create_shares_blobs_and_layers_its_profile_over_the_parents(registry, storage, tmp_path):
+    src = write_gguf(tmp_path / "s.gguf", extra={"general.sampling.temp": 0.25})
+    registry.import_model(src, "base")
+    blobs = sorted(storage.layout.blobs.iterdir())
+    m = registry.create("tuned:v1", "base", params={"top_k": 5, "stop": ["END"]}, system="Hi.")
+    assert m.parent == "base:latest" and m.files == registry.show("base").files
+    assert m.profile is not None
+    assert m.profile.model_dump(exclude_none=True) == {
+        "temperature": 0.25,
+        "top_k": 5,
+        "system": "Hi.",
+        "stop": ["END"],
+    }
+    assert sorted(storage.layout.blobs.iterdir()) == blobs  # no new bytes
+    assert registry.create("t2", "tuned:v1", params={"temperature": 1}).profile.temperature == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ({"params": {"temprature": 0.2}}, InvalidRequest, "unknown parameter 'temprature'"),
+        ({"params": {"top_p": 0.0}}, InvalidRequest, "top_p=0.0"),
+        ({"params": {"temperature": float("nan")}}, InvalidRequest, "temperature=nan"),
+        ({"params": {}, "src": "nope"}, NotFound, "model nope:latest not found"),
+    ],
+)
+def test_create_refuses_bad_input_and_writes_nothing(registry, tmp_path, args, error, match):
+    registry.import_model(write_gguf(tmp_path / "a.gguf"), "base")
+    with pytest.raises(error, match=match):
+        registry.create("new", args.get("src", "base"), params=args["params"])
+    assert [m.ref for m in registry.list()] == ["base:latest"]
