@@ -7,6 +7,7 @@ stops it at exit; tests that need their own settings (small queue, SIGTERM) star
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -122,6 +124,43 @@ def idle(url: str) -> bool:
         and stats["kv_blocks_used"] == 0
         and not httpx.get(f"{url}/os/processes", timeout=10).json()["data"]
     )
+
+
+@contextlib.contextmanager
+def live_stream_pid(url: str) -> Iterator[int]:
+    """A running process (a long stream read in a background thread) for the block; yields its
+    pid, then stops reading and waits until the server is idle again."""
+    body = {
+        "model": "smollm2",
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Count slowly."}],
+    }
+    stop = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as r:
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    procs: list[dict[str, int]] = []
+
+    def running() -> bool:
+        nonlocal procs
+        procs = httpx.get(f"{url}/os/processes").json()["data"]
+        return bool(procs)
+
+    assert wait_until(running, 60)
+    try:
+        yield procs[0]["pid"]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert wait_until(lambda: idle(url), 30)
 
 
 class StreamResult:

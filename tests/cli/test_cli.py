@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmos.cli.app import app
-from tests.serving import idle, wait_until
+from tests.serving import idle, live_stream_pid, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,35 +37,8 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 @pytest.fixture
 def long_stream(server_url: str) -> Iterator[int]:
     """A running process (a long stream in a background thread); yields its pid."""
-    body = {
-        "model": "smollm2",
-        "max_tokens": 900,
-        "ignore_eos": True,
-        "stream": True,
-        "messages": [{"role": "user", "content": "Count slowly."}],
-    }
-    stop = threading.Event()
-
-    def consume() -> None:
-        with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body, timeout=300) as r:
-            for _ in r.iter_lines():
-                if stop.is_set():
-                    return
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    procs: list[dict[str, int]] = []
-
-    def running() -> bool:
-        nonlocal procs
-        procs = httpx.get(f"{server_url}/os/processes").json()["data"]
-        return bool(procs)
-
-    assert wait_until(running, 60)
-    yield procs[0]["pid"]
-    stop.set()
-    thread.join(60)
-    assert wait_until(lambda: idle(server_url), 30)
+    with live_stream_pid(server_url) as pid:
+        yield pid
 
 
 def test_help_lists_every_command() -> None:

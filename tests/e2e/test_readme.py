@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving import idle, wait_until
+from tests.serving import idle, live_stream_pid, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -284,36 +283,9 @@ def _generate_counted_tokens(url: str) -> None:
 
 @pytest.fixture
 def live_pid(server_url: str) -> Iterator[int]:
-    """A running process (a long stream read in a background thread); yields its pid."""
-    body = {
-        "model": "smollm2",
-        "max_tokens": 900,
-        "ignore_eos": True,
-        "stream": True,
-        "messages": [{"role": "user", "content": "Count slowly."}],
-    }
-    stop = threading.Event()
-
-    def consume() -> None:
-        with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body, timeout=300) as r:
-            for _ in r.iter_lines():
-                if stop.is_set():
-                    return
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    procs: list[dict[str, int]] = []
-
-    def running() -> bool:
-        nonlocal procs
-        procs = httpx.get(f"{server_url}/os/processes").json()["data"]
-        return bool(procs)
-
-    assert wait_until(running, 60)
-    yield procs[0]["pid"]
-    stop.set()
-    thread.join(60)
-    assert wait_until(lambda: idle(server_url), 30)
+    """A running process (a long stream in a background thread); yields its pid."""
+    with live_stream_pid(server_url) as pid:
+        yield pid
 
 
 @pytest.mark.parametrize("command", shell_commands(), ids=lambda c: c.splitlines()[0][:48])
