@@ -66,13 +66,16 @@ def load_engine(
     pids: Iterator[int] | None = None,
     name: str | None = None,
     profile: dict[str, Any] | None = None,
+    check_budget: bool = True,
 ) -> Engine:
     """Load a model and build a kernel engine around it.
 
     `ref` is a registry name (`name[:tag]`), a path to a .gguf file or HF folder, or a packaged
     model (`smollm2`, the default, or `gemma3`). `pids` is the pid counter shared with the other
     engines of one server; `name` overrides the name the model is served as. The engine gets
-    the registry model's profile (its sampling defaults), or `profile` when given.
+    the registry model's profile (its sampling defaults), or `profile` when given. A model whose
+    load can never fit the memory budget is refused before any weight is read, unless the caller
+    checked already (`check_budget=False`: the residency manager, which also makes room).
     """
     from llmos.kernel.engine import Engine, set_compute_threads
     from llmos.models.loader import load_model_files
@@ -81,7 +84,8 @@ def load_engine(
     settings = settings or Settings()
     set_compute_threads(settings.kernel.num_threads)
     served, source, stored_profile = _locate(ref, settings)
-    check_memory_budget(name or served or str(source), source, settings)
+    if check_budget:
+        check_memory_budget(name or served or str(source), source, settings)
     files = load_model_files(source)
     model = build_model(files.config, files.weights, settings.kernel.device, files.quantized)
     return Engine(
@@ -175,7 +179,9 @@ class RegistrySource:
         # path a request could name; `check` already hashed it (cached by inode and mtime).
         path = self.registry.resolve(model_id)
         profile = profile_of(self.registry, model_id)
-        return load_engine(str(path), self.settings, pids=pids, name=model_id, profile=profile)
+        return load_engine(
+            str(path), self.settings, pids=pids, name=model_id, profile=profile, check_budget=False
+        )
 
 
 @dataclass
