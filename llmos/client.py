@@ -133,6 +133,12 @@ class Client:
 
     # ---- generation -------------------------------------------------------------------------
 
+    def model(self, model_id: str) -> dict[str, Any]:
+        """One model's card: its context length, sampling defaults and their sources."""
+        from urllib.parse import quote
+
+        return dict(self._get(f"/v1/models/{quote(model_id, safe=':')}"))
+
     def default_model(self) -> str:
         if self._default_model is None:
             self._default_model = str(self.models()[0]["id"])

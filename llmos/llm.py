@@ -11,7 +11,7 @@ from typing import Any
 
 from llmos.config import Settings
 from llmos.kernel.engine import Engine
-from llmos.kernel.params import SamplingParams
+from llmos.kernel.params import SamplingParams, with_defaults
 from llmos.kernel.process import Priority
 from llmos.system import load_engine
 
@@ -49,8 +49,9 @@ class LLM:
         *,
         priority: Priority = Priority.NORMAL,
     ) -> list[Completion]:
-        """Generate for each prompt (text or token ids); results in prompt order."""
-        params = params or SamplingParams()
+        """Generate for each prompt (text or token ids); results in prompt order. Without
+        `params`, the model's defaults (`default_params()`)."""
+        params = params or self.default_params()
         batch: list[str | Sequence[int]]
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             batch = [prompts]  # type: ignore[list-item]
@@ -66,8 +67,18 @@ class LLM:
         params: SamplingParams | None = None,
         **template_kwargs: Any,
     ) -> Completion:
-        """Apply the model's chat template to `messages` and generate the assistant's reply."""
+        """Apply the model's chat template to `messages` and generate the assistant's reply.
+        A conversation without a system message gets the model profile's system prompt."""
+        from llmos.api.prompts import with_profile_system
+
+        messages = with_profile_system(messages, self.engine.profile)
         return self.generate([self.chat_prompt_ids(messages, **template_kwargs)], params)[0]
+
+    def default_params(self, **fields: Any) -> SamplingParams:
+        """SamplingParams as the server builds them: `fields` given here > the model's profile
+        > llmos's chat defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); max_tokens
+        16 unless the profile sets one."""
+        return SamplingParams(**(fields | with_defaults(fields, self.engine.profile)))
 
     def chat_prompt_ids(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
         from llmos.models.chat_template import render_chat

@@ -13,11 +13,19 @@ from llmos.errors import process_error
 Messages = list[dict[str, Any]]
 
 
+# field -> (value, "model" | "llmos"), as `llmos.kernel.params.defaults_in_use` gives them
+Defaults = dict[str, tuple[Any, str]]
+
+
 class Backend(Protocol):
     model: str
 
     def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
         """Text deltas of the answer; closing the iterator cancels the generation."""
+        ...
+
+    def defaults(self) -> tuple[Defaults, str | None]:
+        """The sampling defaults a request that sets nothing gets, and the system prompt."""
         ...
 
 
@@ -28,6 +36,12 @@ class RemoteBackend:
 
     def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
         yield from self.client.chat_text(messages, self.model, **params)
+
+    def defaults(self) -> tuple[Defaults, str | None]:
+        card = self.client.model(self.model)
+        values, sources = card.get("defaults") or {}, card.get("defaults_source") or {}
+        found = {name: (value, str(sources.get(name, "?"))) for name, value in values.items()}
+        return found, card.get("system_prompt")
 
 
 class LocalBackend:
@@ -40,6 +54,11 @@ class LocalBackend:
         settings = Settings()
         self.engine = load_engine(model or settings.api.model, settings)
         self.model = self.engine.model_name
+
+    def defaults(self) -> tuple[Defaults, str | None]:
+        from llmos.kernel.params import defaults_in_use
+
+        return defaults_in_use(self.engine.profile), self.engine.profile.get("system")
 
     def stream_chat(self, messages: Messages, params: dict[str, Any]) -> Generator[str, None, None]:
         from llmos.api.prompts import encode_chat, with_profile_system

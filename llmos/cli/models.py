@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from llmos.cli.common import LlmosGroup, console, err_console, safe_text
 from llmos.cli.settings import storage_config
-from llmos.errors import Conflict
+from llmos.errors import Conflict, InvalidRequest
 from llmos.storage.blobs import ProgressFn
 from llmos.storage.manifest import ModelManifest
 from llmos.storage.registry import Registry
@@ -155,7 +155,10 @@ def show(
 def _profile(m: ModelManifest) -> str:
     if m.profile is None:
         return "- (llmos defaults)"
-    return json.dumps(m.profile.model_dump(exclude_none=True))
+    shown = m.profile.model_dump(exclude_none=True)
+    if "chat_template" in shown:
+        shown["chat_template"] = f"<{len(shown['chat_template'])} characters>"
+    return json.dumps(shown)
 
 
 @app.command("tag")
@@ -171,16 +174,63 @@ def tag(
 @app.command("create")
 def create(
     name: str = typer.Argument(..., help="New name[:tag]."),
-    src: str = typer.Option(..., "--from", help="The stored model it shares weights with."),
+    src: str | None = typer.Option(
+        None, "--from", help="The stored model it shares weights with (or `from` in --file)."
+    ),
     param: list[str] = typer.Option(
         [], "--param", "-p", help="A default, KEY=VALUE (temperature=0.2); repeatable."
     ),
     system: str | None = typer.Option(None, "--system", "-s", help="Default system prompt."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="A profile in TOML: profile keys, and `from` (see docs)."
+    ),
+    template: Path | None = typer.Option(
+        None, "--template", help="A file holding a Jinja chat template to use instead."
+    ),
 ) -> None:
     """Make a model that shares another's blobs and differs only in its profile (its sampling
-    defaults and system prompt), like Ollama's `create`. `--param stop=X` may repeat."""
-    m = Registry(open_storage()).create(name, src, params=_parse_params(param), system=system)
+    defaults, system prompt, context length and chat template), like Ollama's `create`.
+    Options given on the command line win over the same keys in --file; `--param stop=X` may
+    repeat."""
+    values = _read_profile_file(file) if file is not None else {}
+    src = src or values.pop("from", None)
+    values.pop("from", None)
+    if not src:
+        raise InvalidRequest(
+            "say which model it derives from", hint="--from MODEL, or from = MODEL in --file"
+        )
+    if template is not None:
+        values["chat_template"] = _read_text(template, "--template")
+    values |= _parse_params(param)
+    m = Registry(open_storage()).create(name, src, params=values, system=system)
     console.print(f"created {m.ref} from {src}: {_profile(m)}", markup=False)
+
+
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InvalidRequest(f"{option}: cannot read {path}: {reason}") from None
+
+
+def _read_profile_file(path: Path) -> dict[str, Any]:
+    """A TOML profile: profile keys at the top level (and `from`), values typed by TOML."""
+    import tomllib
+
+    try:
+        values = tomllib.loads(_read_text(path, "--file"))
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidRequest(f"{path} is not valid TOML: {e}") from None
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise InvalidRequest(
+                f"{path}: [{key}] tables are not profile keys",
+                hint="write the keys at the top level",
+            )
+    if "from" in values and not isinstance(values["from"], str):
+        raise InvalidRequest(f"{path}: `from` must be a model name")
+    return values
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

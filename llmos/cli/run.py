@@ -10,6 +10,7 @@ import typer
 
 from llmos.cli.backend import Backend, Messages, open_backend
 from llmos.cli.common import URL_HELP, console, err_console, safe_text
+from llmos.errors import LlmosError
 
 app = typer.Typer()
 
@@ -29,6 +30,31 @@ def _stream_answer(backend: Backend, messages: Messages, params: dict[str, Any])
             answer += delta
             console.print(safe_text(delta), end="", markup=False)
     return answer
+
+
+def _describe_defaults(backend: Backend, params: dict[str, Any], system: str | None) -> str:
+    """One line: the sampling settings this chat uses and where each comes from (an option
+    given here, the model's profile, or llmos's defaults), and whose system prompt."""
+    try:
+        defaults, model_system = backend.defaults()
+    except LlmosError:
+        defaults, model_system = {}, None  # an older server: say what we know
+    settings = dict(defaults)
+    settings |= {k: (v, "option") for k, v in params.items() if k != "seed"}
+    parts = [
+        f"{name}={_show(value)} ({source})"
+        for name, (value, source) in settings.items()
+        if name != "repetition_penalty" or value != 1.0
+    ]
+    if system:
+        parts.append("system prompt: yours")
+    elif model_system:
+        parts.append("system prompt: the model's")
+    return "settings: " + (", ".join(parts) if parts else "the server's defaults")
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(repr, value)) if isinstance(value, list) else str(value)
 
 
 @app.command()
@@ -82,6 +108,7 @@ def chat(
     start: Messages = [{"role": "system", "content": system}] if system else []
     messages = list(start)
     err_console.print(f"chatting with {backend.model}. {CHAT_HELP}", markup=False, style="dim")
+    err_console.print(_describe_defaults(backend, params, system), markup=False, style="dim")
     while True:
         try:
             line = input(">>> ")

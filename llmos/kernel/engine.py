@@ -70,11 +70,16 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self.chat_template = chat_template
         # The model's defaults as plain data (set fields of its stored profile; the kernel
-        # never reads the registry): what a request omitting a field gets before llmos's own.
+        # never reads the registry): what a request omitting a field gets before llmos's own,
+        # and a context length and chat template that replace the model's own.
         self.profile = dict(profile or {})
-        self.max_model_len = min(kernel.max_model_len, c.max_position_embeddings)
+        self.chat_template = self.profile.get("chat_template") or chat_template
+        self.max_model_len = min(
+            kernel.max_model_len,
+            c.max_position_embeddings,
+            self.profile.get("context_length") or c.max_position_embeddings,
+        )
         block_bytes = KVCache.bytes_per_block(
             c.num_layers, memory.block_size, c.num_kv_heads, c.head_dim
         )

@@ -41,6 +41,17 @@ def with_defaults(request: Mapping[str, Any], profile: Mapping[str, Any] | None)
     return out
 
 
+def defaults_in_use(profile: Mapping[str, Any] | None) -> dict[str, tuple[Any, str]]:
+    """What a request that sets nothing gets: field -> (value, "model" or "llmos")."""
+    out: dict[str, tuple[Any, str]] = {}
+    for name in DEFAULTED_FIELDS:
+        for layer, source in ((profile or {}, "model"), (CHAT_DEFAULTS, "llmos")):
+            if layer.get(name) is not None:
+                out[name] = (layer[name], source)
+                break
+    return out
+
+
 @dataclass(slots=True)
 class SamplingParams:
     """How a process picks its next token and when it stops.

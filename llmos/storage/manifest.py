@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmos.errors import InvalidModelFile
 from llmos.storage.formats import gguf, hf_folder
@@ -42,10 +42,41 @@ class ModelProfile(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
     system: str | None = Field(None, description="System prompt for chats that send none.")
     stop: list[str] | None = Field(None, description="Stop strings.")
+    context_length: int | None = Field(
+        None,
+        ge=16,
+        description="Context in tokens, at most the model's own (the server's "
+        "kernel.max_model_len still caps it).",
+    )
+    chat_template: str | None = Field(
+        None, min_length=1, description="Jinja chat template used instead of the model's."
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template_syntax(value)
+        return value
 
     def sampling(self) -> dict[str, Any]:
-        """The fields set, as SamplingParams keywords (the system prompt is not one)."""
-        return self.model_dump(exclude_none=True, exclude={"system"})
+        """The sampling fields set, as SamplingParams keywords."""
+        return self.model_dump(exclude_none=True, exclude=NOT_SAMPLING)
+
+
+# Profile fields that are not SamplingParams keywords.
+NOT_SAMPLING = {"system", "context_length", "chat_template"}
+
+
+def check_template_syntax(source: str) -> None:
+    """ValueError naming the line of a Jinja syntax error (the template is not run here)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment().parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"not a valid Jinja template: {e.message} (line {e.lineno})") from None
 
 
 def read_profile(raw: dict[str, Any], where: str) -> ModelProfile | None:

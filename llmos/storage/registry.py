@@ -27,10 +27,17 @@ from sqlalchemy.exc import IntegrityError
 from llmos.errors import Conflict, InvalidModelFile, InvalidRequest, ModelCorrupted, NotFound
 from llmos.storage.blobs import CHUNK_BYTES, DigestMismatch, ProgressFn, hash_file
 from llmos.storage.formats import gguf, hf_folder
+from llmos.storage.formats.facts import ModelFacts
 from llmos.storage.layout import TEMP_PREFIX, fsync_dir
 from llmos.storage.manifest import ModelFile, ModelManifest, ModelProfile, read_profile
 from llmos.storage.names import ModelRef, validate_name
-from llmos.storage.packages import PackageSource, is_package_source, locate
+from llmos.storage.packages import (
+    KNOWN_PACKAGES,
+    PKG_PREFIX,
+    PackageSource,
+    is_package_source,
+    locate,
+)
 from llmos.storage.schema import ModelFileRow, ModelRow, as_utc
 from llmos.storage.space import disk_errors, is_disk_error
 from llmos.storage.store import Storage
@@ -285,7 +292,41 @@ class Registry:
             parent = _manifest(self._get(s, ModelRef.parse(src)))
         merged = parent.profile.model_dump(exclude_none=True) if parent.profile else {}
         merged |= params | ({"system": system} if system is not None else {})
-        return self._copy(src, name, profile=_user_profile(merged), parent=parent.ref)
+        profile = _user_profile(merged)
+        native = _facts(parent).context_length
+        if profile.context_length is not None and profile.context_length > native:
+            raise InvalidRequest(
+                f"invalid parameter context_length={profile.context_length}: {parent.ref} "
+                f"was trained for {native} tokens",
+                hint=f"use at most {native}",
+            )
+        return self._copy(src, name, profile=profile, parent=parent.ref)
+
+    def fill_missing_profiles(self) -> builtins.list[str]:
+        """Models stored before profiles existed (revision 0003 and older) have none: give each
+        what an import would give it today (its GGUF `general.sampling.*` keys, its package's
+        model-card values). Models that have a profile are left alone. Returns the refs."""
+        filled: builtins.list[str] = []
+        with self.storage.db.session() as s:
+            for row in s.scalars(select(ModelRow)):  # JSON null or SQL NULL: test in Python
+                if row.profile:
+                    continue
+                raw = gguf.sampling_defaults(row.config) if row.format == "gguf" else {}
+                spec = KNOWN_PACKAGES.get(row.source.removeprefix(PKG_PREFIX))
+                if is_package_source(row.source) and spec is not None and spec.profile:
+                    raw |= spec.profile
+                try:
+                    profile = ModelProfile.model_validate(raw) if raw else None
+                except ValidationError:
+                    continue  # values an import would refuse: leave the model as it is
+                if profile is not None:
+                    row.profile = _profile_json(profile)
+                    filled.append(f"{row.name}:{row.tag}")
+        if filled:
+            logger.info(
+                "gave %d model(s) stored before profiles their profile: %s", len(filled), filled
+            )
+        return filled
 
     def _copy(
         self,
@@ -453,7 +494,10 @@ class Registry:
             target = dest / f"{m.name}-{m.tag}.gguf" if dest.is_dir() else dest
             if target.exists():
                 raise Conflict(f"{target} already exists", hint="choose another path")
-            self._copy_out(m, m.main_file, target, on_progress, 0)
+            updates = gguf.profile_metadata(_profile_json(m.profile) or {})
+            src = self.storage.blobs.path(m.main_file.digest)
+            header = gguf.header_with(src, updates) if updates and src.is_file() else None
+            self._copy_out(m, m.main_file, target, on_progress, 0, header=header)
             return target
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise Conflict(f"{dest} exists and is not an empty folder", hint="choose another path")
@@ -464,6 +508,7 @@ class Registry:
             for f in m.files:
                 self._copy_out(m, f, temp / f.path, on_progress, done, total=m.size_bytes)
                 done += f.size_bytes
+            _write_hf_profile(temp, _profile_json(m.profile) or {})
             if dest.exists():
                 dest.rmdir()
             os.replace(temp, dest)
@@ -480,7 +525,11 @@ class Registry:
         on_progress: ProgressFn | None,
         base: int,
         total: int | None = None,
+        header: tuple[bytes, int] | None = None,
     ) -> None:
+        """Copy one blob out, checking its sha256 on the way. `header` (new header bytes, the
+        offset where the old one ends) replaces the file's first bytes: a GGUF whose metadata
+        carries the profile; the whole blob is still hashed."""
         import hashlib
 
         src = self.storage.blobs.path(f.digest)
@@ -490,9 +539,14 @@ class Registry:
         h = hashlib.sha256()
         try:
             with src.open("rb") as fin, open(temp, "wb") as fout:
+                skip = 0
+                if header is not None:
+                    fout.write(header[0])
+                    skip = header[1]
                 while chunk := fin.read(CHUNK_BYTES):
                     h.update(chunk)
-                    fout.write(chunk)
+                    fout.write(chunk[skip:])
+                    skip = max(0, skip - len(chunk))
                     if on_progress:
                         on_progress(base + fin.tell(), total or f.size_bytes)
                 fout.flush()
@@ -506,8 +560,10 @@ class Registry:
 
 
 def ensure_default_model(registry: Registry) -> ModelManifest:
-    """Import the embedded SmolLM2 as `smollm2:latest` unless it is already stored."""
+    """Import the embedded SmolLM2 as `smollm2:latest` unless it is already stored (then give
+    models stored before profiles existed the profile they would get today)."""
     if registry.exists(DEFAULT_MODEL):
+        registry.fill_missing_profiles()
         return registry.show(DEFAULT_MODEL)
     try:
         return registry.import_model(DEFAULT_MODEL_SOURCE, DEFAULT_MODEL)
@@ -620,13 +676,51 @@ def _user_profile(raw: dict[str, Any]) -> ModelProfile:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(f for f in ModelProfile.model_fields if f != "system")
+            allowed = ", ".join(ModelProfile.model_fields)
             raise InvalidRequest(
                 f"unknown parameter {key!r}", hint=f"parameters: {allowed}"
             ) from None
-        raise InvalidRequest(
-            f"invalid parameter {key}={err.get('input')!r}: {err['msg']}"
-        ) from None
+        shown = "" if key == "chat_template" else f"={err.get('input')!r}"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"invalid parameter {key}{shown}: {msg}") from None
+
+
+def _write_hf_profile(folder: Path, profile: dict[str, Any]) -> None:
+    """Write the profile into an exported HF folder: sampling defaults into
+    generation_config.json, a chat template into tokenizer_config.json."""
+    if not profile:
+        return
+    gen = folder / "generation_config.json"
+    existing = hf_folder.read_json(gen) if gen.is_file() else {}
+    merged = hf_folder.generation_config_with(
+        existing if isinstance(existing, dict) else {}, profile
+    )
+    if merged != existing:
+        _write_json(gen, merged)
+    if profile.get("chat_template"):  # the file transformers reads before any other
+        _write_text(folder / "chat_template.jinja", profile["chat_template"])
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    import json
+
+    _write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _facts(m: ModelManifest) -> ModelFacts:
+    """What the stored model's own files declare (its manifest keeps the keys needed)."""
+    if m.format == "gguf":
+        return gguf.model_facts(m.config)
+    return ModelFacts(
+        hf_folder.architecture(m.config), hf_folder.context_length(m.config), m.chat_template
+    )
 
 
 def _profile_json(profile: ModelProfile | None) -> dict[str, Any] | None:

@@ -190,3 +190,36 @@ def test_bad_requests_are_refused_at_submit(engine):
     with pytest.raises(InvalidRequest, match="top_p"):
         engine.submit(PROMPT, SamplingParams(top_p=0))
     assert engine.processes() == []
+
+
+def test_a_profile_sets_the_context_template_and_the_python_apis_defaults(
+    tiny_model, smollm2_files
+):
+    template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+    )
+    profile = {
+        "temperature": 0.0,
+        "max_tokens": 5,
+        "system": "Be terse.",
+        "context_length": 64,
+        "chat_template": template,
+    }
+    engine = Engine(
+        tiny_model,
+        smollm2_files.tokenizer,
+        kernel=KernelConfig(max_model_len=256),
+        memory=MemoryConfig(kv_cache_bytes=1 << 22),
+        profile=profile,
+    )
+    assert engine.max_model_len == 64 and engine.chat_template == template
+    with pytest.raises(ContextTooLong):
+        engine.submit(list(range(1000, 1070)), SamplingParams(max_tokens=1))
+    llm = LLM(engine=engine)
+    p = llm.default_params()
+    assert (p.temperature, p.max_tokens, p.top_k, p.top_p, p.min_p) == (0.0, 5, 40, 0.95, 0.05)
+    assert llm.default_params(temperature=1.0, seed=3).temperature == 1.0
+    c = llm.chat([{"role": "user", "content": "hi"}])  # the profile's greedy, 5 tokens
+    text = smollm2_files.tokenizer.decode(c.prompt_token_ids)
+    assert text.startswith("[system] Be terse.\n[user] hi\n") and len(c.token_ids) == 5
+    assert c.token_ids == llm.chat([{"role": "user", "content": "hi"}]).token_ids

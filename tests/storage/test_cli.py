@@ -181,3 +181,41 @@ def test_models_create_and_its_one_line_errors(tmp_path, home):
     assert r.exit_code == 1 and "model nope:latest not found" in r.output
     assert run(models_cli.app, "create", "bad", "--from", "base", "-p", "x").exit_code == 2
     assert "bad" not in run(models_cli.app, "list").stdout
+
+
+def test_models_create_from_a_profile_file(tmp_path, home):
+    src = write_gguf(tmp_path / "base.gguf")
+    assert run(models_cli.app, "import", str(src), "--name", "base").exit_code == 0
+    profile = tmp_path / "bot.toml"
+    profile.write_text(
+        'from = "base"\ntemperature = 0.3\ntop_k = 20\nstop = ["###", "END"]\n'
+        'system = """You answer in one word."""\ncontext_length = 64\n'
+    )
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    r = run(
+        models_cli.app, "create", "bot", "--file", str(profile), "-p", "top_k=5",
+        "--template", str(template),
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    shown = run(models_cli.app, "show", "bot").stdout
+    assert '"temperature": 0.3, "top_k": 5' in shown  # the command line wins over the file
+    assert '"stop": ["###", "END"], "context_length": 64' in shown
+    assert '"chat_template": "<53 characters>"' in shown
+    assert len(os.listdir(home / "blobs")) == 1
+    for text, message in [
+        ("temperature = ", "is not valid TOML"),
+        ('from = "base"\n[parameters]\ntop_k = 1\n', "[parameters] tables are not profile keys"),
+        ('from = "base"\ntemprature = 0.2\n', "error: unknown parameter 'temprature'"),
+        ('from = "base"\ntop_p = "high"\n', "error: invalid parameter top_p='high'"),
+        ('from = "nope"\n', "model nope:latest not found"),
+        ("top_k = 1\n", "say which model it derives from"),
+    ]:
+        profile.write_text(text)
+        r = run(models_cli.app, "create", "bad", "--file", str(profile))
+        assert r.exit_code == 1 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+        assert "Traceback" not in r.output
+    r = run(models_cli.app, "create", "bad", "--from", "base", "--file", str(tmp_path / "none"))
+    assert r.exit_code == 1 and "cannot read" in r.output
+    assert "bad" not in run(models_cli.app, "list").stdout

@@ -15,6 +15,7 @@ from llmos.api.auth import authorize, granted_model, may_use_model
 from llmos.api.deps import ServerContext, get_context
 from llmos.api.openai.responses import ModelCard, ModelList
 from llmos.api.openapi import responses
+from llmos.kernel.params import defaults_in_use
 from llmos.security.principals import Principal
 from llmos.storage.manifest import ModelManifest
 from llmos.storage.names import ModelRef, display_id
@@ -26,9 +27,14 @@ def model_card(ctx: ServerContext, model_id: str, m: ModelManifest | None) -> di
     engine = ctx.residency.engine(model_id)
     if engine is not None:
         max_model_len = engine.max_model_len
+        profile: dict[str, Any] = engine.profile
     else:
+        profile = m.profile.model_dump(exclude_none=True) if m and m.profile else {}
         trained = m.context_length if m is not None else ctx.settings.kernel.max_model_len
-        max_model_len = min(ctx.settings.kernel.max_model_len, trained)
+        max_model_len = min(
+            ctx.settings.kernel.max_model_len, trained, profile.get("context_length") or trained
+        )
+    defaults = defaults_in_use(profile)
     return {
         "id": model_id,
         "object": "model",
@@ -37,6 +43,9 @@ def model_card(ctx: ServerContext, model_id: str, m: ModelManifest | None) -> di
         "max_model_len": max_model_len,
         "aliases": ctx.residency.aliases_of(model_id),
         "resident": engine is not None,
+        "defaults": {name: value for name, (value, _) in defaults.items()},
+        "defaults_source": {name: source for name, (_, source) in defaults.items()},
+        "system_prompt": profile.get("system"),
     }
 
 

@@ -7,7 +7,7 @@ against them. Fields are all required, because the routes always send them (null
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -107,6 +107,15 @@ class ModelCard(BaseModel):
     max_model_len: int = Field(description="Longest prompt + output this server allows.")
     aliases: list[str]
     resident: bool = Field(description="Loaded now (others load on their first request).")
+    defaults: dict[str, Any] = Field(
+        description="What a request that omits a sampling field gets (llmos extension)."
+    )
+    defaults_source: dict[str, Literal["model", "llmos"]] = Field(
+        description="Where each default comes from: the model's profile, or llmos's own."
+    )
+    system_prompt: str | None = Field(
+        description="The system prompt a chat without one gets (the model's profile)."
+    )
 
 
 class ModelList(BaseModel):

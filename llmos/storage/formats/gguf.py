@@ -366,3 +366,67 @@ _SAMPLING_KEYS = {
 def sampling_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
     """The sampling defaults the metadata sets, under the profile's field names."""
     return {field: metadata[key] for key, field in _SAMPLING_KEYS.items() if key in metadata}
+
+
+# --- writing a profile back --------------------------------------------------------------------
+
+_INT32, _FLOAT32 = 5, 6
+
+
+def profile_metadata(profile: dict[str, Any]) -> dict[str, tuple[int, Any]]:
+    """The GGUF keys a profile can be written as: key -> (value type, value). llama.cpp reads
+    the same `general.sampling.*` keys and `tokenizer.chat_template`; a system prompt, stop
+    strings, max tokens and a context length have no GGUF key and are not written."""
+    out: dict[str, tuple[int, Any]] = {}
+    for key, name in _SAMPLING_KEYS.items():
+        if profile.get(name) is not None:
+            out[key] = (
+                (_INT32, int(profile[name])) if name == "top_k" else (_FLOAT32, profile[name])
+            )
+    if profile.get("chat_template"):
+        out["tokenizer.chat_template"] = (_STRING, profile["chat_template"])
+    return out
+
+
+def header_with(path: Path, updates: dict[str, tuple[int, Any]]) -> tuple[bytes, int]:
+    """A new header for `path` with `updates` replacing or adding metadata keys, and the offset
+    where the file's tensor data starts. The tensor directory is kept byte for byte (its offsets
+    are relative to the data), so the new file is this header plus the old file from that offset.
+    """
+    with path.open("rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        cur = _Cursor(buf, path)
+        header = _parse(cur)  # checks the whole header first
+        cur.pos = 8
+        num_tensors, num_kv = cur.u64(), cur.u64()
+        kept: list[bytes] = []
+        for _ in range(num_kv):
+            start = cur.pos
+            key = cur.string(MAX_KEY_BYTES)
+            cur.value(cur.u32(), depth=0)
+            if key not in updates:
+                kept.append(bytes(buf[start : cur.pos]))
+        directory_start = cur.pos
+        for _ in range(num_tensors):
+            _tensor_entry(cur)
+        directory = bytes(buf[directory_start : cur.pos])
+        alignment = header.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        data_start = -(-cur.pos // alignment) * alignment
+    finally:
+        buf.close()
+    out = bytearray(GGUF_MAGIC)
+    out += _U32.pack(header.version) + _U64.pack(num_tensors) + _U64.pack(len(kept) + len(updates))
+    for item in kept:
+        out += item
+    for key, (vtype, value) in updates.items():
+        out += _encode_string(key) + _U32.pack(vtype)
+        out += _encode_string(value) if vtype == _STRING else _STRUCTS[vtype].pack(value)
+    out += directory
+    out += bytes(-len(out) % alignment)
+    return bytes(out), data_start
+
+
+def _encode_string(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _U64.pack(len(raw)) + raw

@@ -239,15 +239,33 @@ _GENERATION_KEYS = {
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
+    "min_p": "min_p",
     "repetition_penalty": "repetition_penalty",
     "max_new_tokens": "max_tokens",
+    "stop_strings": "stop",
 }
 
 
 def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
     """The sampling defaults generation_config.json sets, under the profile's field names."""
-    return {
+    out = {
         field: generation_config[key]
         for key, field in _GENERATION_KEYS.items()
         if generation_config.get(key) is not None
     }
+    if isinstance(out.get("stop"), str):  # transformers takes one string or a list
+        out["stop"] = [out["stop"]]
+    return out
+
+
+def generation_config_with(existing: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """`existing` generation_config.json with the profile's sampling defaults written over it
+    (`do_sample` follows the temperature: 0 is greedy). A system prompt and a context length
+    have no key there and are not written."""
+    out = dict(existing)
+    for key, field in _GENERATION_KEYS.items():
+        if profile.get(field) is not None:
+            out[key] = profile[field]
+    if profile.get("temperature") is not None:
+        out["do_sample"] = profile["temperature"] > 0
+    return out
