@@ -9,6 +9,9 @@ import struct
 from pathlib import Path
 
 import httpx
+import pytest
+
+from llmos.storage.formats import gguf
 
 
 def test_registry_routes_against_a_live_server(http: httpx.Client) -> None:
@@ -81,15 +84,19 @@ def test_tag_export_and_reimport_over_http(http: httpx.Client, tmp_path: Path) -
     out = tmp_path / "out.gguf"
     r = _post(http, "/os/models/smollm2-copy:v1/export", {"path": str(out)})
     assert r.status_code == 200 and r.json()["path"] == str(out)
+    # the export carries smollm2's profile in its GGUF metadata; the tensors are the same bytes
+    header = gguf.read_header(out)
+    assert header.metadata["general.sampling.temp"] == pytest.approx(0.2)
     digest = http.get("/os/models/smollm2").json()["files"][0]["digest"]
-    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(out.read_bytes()).hexdigest() != digest
     _assert_4xx(_post(http, "/os/models/smollm2/export", {"path": str(out)}), 409, "exists")
     _assert_4xx(_post(http, "/os/models/smollm2/export", {"path": "out.gguf"}), 400, "absolute")
     missing_dir = tmp_path / "no" / "such" / "dir.gguf"
     _assert_4xx(_post(http, "/os/models/smollm2/export", {"path": str(missing_dir)}), 400)
     r = _post(http, "/os/models", {"source": str(out), "name": "smollm2-back"})
     assert r.status_code == 201 and r.json()["id"] == "smollm2-back:latest"
-    assert http.get("/os/models/smollm2-back").json()["files"][0]["digest"] == digest  # no copy
+    back = http.get("/os/models/smollm2-back").json()
+    assert back["profile"] == {"temperature": pytest.approx(0.2), "top_p": pytest.approx(0.9)}
     _assert_4xx(_post(http, "/os/models", {"source": str(out), "name": "smollm2"}), 409)
     for name in ("smollm2-copy:v1", "smollm2-back"):
         r = http.delete(f"/os/models/{name}")
