@@ -11,7 +11,8 @@ order (each a tie-break of the ones before it):
 3. fewest bytes placed (a smaller model is preferred to a larger one of equal demand).
 
 Solved with SciPy's `milp` (HiGHS) in two stages: (1), then (2)+(3) with (1) held at its
-optimum. Invariants: no device holds more than its capacity (checked in exact integers after
+optimum; (1) and (2) are proven exactly, (3) to within a fraction of a byte share. A stage
+that reaches its time limit keeps its best plan and says so. Invariants: no device holds more than its capacity (checked in exact integers after
 the solve); a device holds at most one replica of a model; pinned replicas are always placed;
 a request that cannot be honoured (pinned models over a capacity) is refused in words before
 any solve, and every model left out says why. See docs/placement.md.
@@ -115,7 +116,7 @@ class Plan:
     loads: tuple[tuple[str, str], ...]  # (model id, device) replicas to load
     unloads: tuple[tuple[str, str], ...]  # (model id, device) current replicas to drop
     served_bound: float  # no plan serves more (equal to served_demand when proven optimal)
-    is_optimal: bool  # proven optimal; False: the best found within the time limit
+    is_optimal: bool  # served demand, loads and unloads proven optimal; False: a stage timed out
 
     @property
     def placed_bytes(self) -> int:
@@ -203,6 +204,7 @@ def choose_resident_set(
     *,
     pinned: Collection[str] = (),
     current: Collection[str] = (),
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> Plan:
     """The models one machine should keep resident under `budget_bytes`: the same solve on one
     device named "host". `demand` defaults to equal demand for every model; `pinned` models
@@ -218,6 +220,7 @@ def choose_resident_set(
         demand,
         current={m: [HOST] for m in current if m in footprints},
         pinned={m: [HOST] for m in pinned},
+        time_limit_s=time_limit_s,
     )
 
 
