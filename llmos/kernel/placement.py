@@ -372,11 +372,14 @@ class _Problem:
                     continue
                 per_replica = m.throughput_on(d)
                 serves = raw[i] if per_replica is None else min(per_replica, raw[i])
+                is_pin = d.name in pinned.get(m.model_id, ())
+                if serves <= 0 and not (now or is_pin):
+                    continue  # a replica that serves nothing is only ever a cost
                 pairs.append((i, j))
                 value.append(serves / scale)
                 is_current.append(now)
-                is_pinned.append(d.name in pinned.get(m.model_id, ()))
-        limits = [_replica_limit(m, devices, current, pinned) for m in models]
+                is_pinned.append(is_pin)
+        limits = [_replica_limit(m, raw[i], devices, current, pinned) for i, m in enumerate(models)]
         packing = PackingProblem(
             capacity_bytes=np.array([d.capacity_bytes for d in devices], dtype=np.int64),
             footprint_bytes=np.array([m.footprint_bytes for m in models], dtype=np.int64),
@@ -393,17 +396,25 @@ class _Problem:
 
 def _replica_limit(
     m: ModelSpec,
+    demand: float,
     devices: Sequence[Device],
     current: Mapping[str, Collection[str]],
     pinned: Mapping[str, Collection[str]],
 ) -> int:
-    """A model served in full by one replica never gains from a second one that is neither
-    resident nor pinned (it would only cost a load), so the MILP gets fewer useless choices."""
+    """The most replicas an optimal plan can give `m`, which spares the MILP useless choices:
+    beyond the replicas its demand can use (one without a throughput; enough of the slowest
+    serving device's to cover its demand with one), every replica that is neither resident nor
+    pinned only costs a load."""
     limit = m.max_replicas if m.max_replicas is not None else len(devices)
-    if m.throughput is not None:
-        return limit
     kept = len(set(current.get(m.model_id, ())) | set(pinned.get(m.model_id, ())))
-    return min(limit, max(1, kept))
+    rates = [t for t in (m.throughput_on(d) for d in devices) if t is None or t > 0]
+    if demand <= 0 or not rates:
+        useful = 0
+    elif None in rates:
+        return min(limit, max(1, kept))
+    else:
+        useful = math.ceil(demand / min(t for t in rates if t is not None))
+    return min(limit, useful + kept)
 
 
 # --- the plan and its reasons -------------------------------------------------------------------
