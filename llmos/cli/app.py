@@ -13,7 +13,7 @@ import os
 import typer
 
 import llmos
-from llmos.cli import doctor, events, ps, run, serve, top
+from llmos.cli import doctor, events, placement, ps, run, serve, top
 from llmos.cli.common import LlmosGroup
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Command modules merged into the root (each defines one or more commands).
-COMMAND_MODULES = (serve, run, ps, top, doctor, events)
+COMMAND_MODULES = (serve, run, ps, top, doctor, events, placement)
 # Sub-apps owned by other subsystems: `llmos models ...`, `llmos data ...`, `llmos backup ...`.
 SUB_APPS = {
     "models": "llmos.cli.models",
