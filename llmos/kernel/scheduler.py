@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from llmos.kernel.memory import BlockPool
-from llmos.kernel.policy import POLICIES
+from llmos.kernel.policy import SchedulingPolicy, make_policy
 from llmos.kernel.process import Process, ProcessState
 from llmos.kernel.swap import SwapSpace
 
@@ -49,15 +49,13 @@ class Scheduler:
         *,
         max_num_batched_tokens: int,
         max_num_seqs: int,
-        policy: str = "priority",
+        policy: str | SchedulingPolicy = "priority",
     ) -> None:
         self.pool = pool
         self.swap = swap
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
-        if policy not in POLICIES:
-            raise ValueError(f"unknown scheduling policy {policy!r}: one of {sorted(POLICIES)}")
-        self.policy = POLICIES[policy]()
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.key = self.policy.key
         self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
@@ -71,6 +69,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_swap_outs = 0
         self.num_recomputes = 0
+        self.schedule_s = 0.0  # time spent in `schedule` since start (the per-tick cost)
 
     # ---- process lifecycle ---------------------------------------------------------------
     def add(self, proc: Process) -> None:
@@ -103,6 +102,13 @@ class Scheduler:
 
     # ---- one tick ------------------------------------------------------------------------
     def schedule(self) -> Batch:
+        started_s = time.perf_counter()
+        try:
+            return self._schedule()
+        finally:
+            self.schedule_s += time.perf_counter() - started_s
+
+    def _schedule(self) -> Batch:
         batch = Batch()
         self._preempt_for_priority(batch)
         num_priority_preempted = len(batch.preempted)
