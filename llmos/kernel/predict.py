@@ -260,11 +260,13 @@ class Predictor:
         min_records: int = 32,
         on_record: Callable[[HistoryRecord], None] | None = None,
         on_trained: Callable[[bytes], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.min_records = min_records
         self.retrain_every = retrain_every
         self.on_record = on_record  # e.g. append to the history table
         self.on_trained = on_trained  # e.g. write the model into the data dir
+        self.on_close = on_close  # e.g. write the queued history
         self.model: LengthModel | None = None
         self._records: collections.deque[HistoryRecord] = collections.deque(maxlen=max_records)
         self._window: collections.deque[tuple[str, float, int]] = collections.deque(maxlen=window)
@@ -328,6 +330,12 @@ class Predictor:
             last_fit_s=self.last_fit_s,
             by_model=by_model,
         )
+
+    def close(self) -> None:
+        """The server is stopping: let a running fit end, then `on_close`."""
+        self.wait_idle(10.0)
+        if self.on_close is not None:
+            self.on_close()
 
     def wait_idle(self, timeout_s: float = 30.0) -> bool:
         """Wait for a running fit to end (tests, benchmarks); False on timeout."""
