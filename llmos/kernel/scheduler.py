@@ -110,6 +110,7 @@ class Scheduler:
 
     def _schedule(self) -> Batch:
         batch = Batch()
+        self._preempt_for_slot(batch)
         self._preempt_for_priority(batch)
         num_priority_preempted = len(batch.preempted)
         budget = self._schedule_running(batch, self.max_num_batched_tokens)
@@ -192,6 +193,21 @@ class Scheduler:
         self._run(proc)
         self._add(batch, proc, n)
         return True
+
+    def _preempt_for_slot(self, batch: Batch) -> None:
+        """Every running slot is taken and a new arrival comes before the last running process
+        in policy order: preempt that one (one per tick). Only arrivals never scheduled, and only
+        when nothing queued comes before them, so two processes cannot take turns evicting each
+        other. Under fcfs it never fires (an arrival is always last); under llmos it lets a
+        short job or a light owner's first request past long-running work."""
+        if len(self.running) < self.max_num_seqs or not self.waiting:
+            return
+        best = min(self.swapped + self.waiting, key=self.key)
+        if best.is_swapped or best.num_preemptions or best.first_scheduled_s is not None:
+            return
+        worst = max(self.running, key=self.key)
+        if self.key(best) < self.key(worst):
+            self._preempt(worst, batch)
 
     def _preempt_for_priority(self, batch: Batch) -> None:
         """Preempt lower-class running processes when a higher-class one cannot be admitted."""

@@ -197,3 +197,29 @@ def test_policies_are_made_by_name():
     assert make_policy("llmos", aging_window_s=5.0).aging_window_s == 5.0  # type: ignore[attr-defined]
     for name in ("fcfs", "priority", "fair"):
         make_policy(name, aging_window_s=5.0)
+
+
+def test_a_new_short_job_takes_the_slot_of_the_longest_running_one():
+    sim = Sim(num_blocks=256, max_seqs=2, budget=64, swap_slots=64)
+    longs = [sim.submit(200, predicted=200.0, max_tokens=512) for _ in range(2)]
+    for _ in range(5):
+        sim.step(dt_s=0.01)
+    assert all(p.state is ProcessState.RUNNING for p in longs)
+    short = sim.submit(3, predicted=3.0, max_tokens=512)
+    batch = sim.step(dt_s=0.01)
+    assert [p.pid for p in batch.preempted] == [longs[1].pid]  # the later arrival: larger key
+    assert short.state is ProcessState.RUNNING
+    for _ in range(500):
+        sim.step(dt_s=0.01)
+    assert all(p.state is ProcessState.FINISHED_LENGTH for p in [*longs, short])
+    assert longs[0].num_preemptions == 0 and longs[1].num_preemptions == 1
+
+
+def test_under_fcfs_an_arrival_never_preempts():
+    pool = BlockPool(64, BLOCK)
+    sched = Scheduler(pool, SwapSpace(16), max_num_batched_tokens=64, max_num_seqs=1, policy="fcfs")
+    first = Process(1, [1, 2, 3], SamplingParams(max_tokens=50))
+    sched.add(first)
+    sched.schedule()
+    sched.add(Process(2, [1, 2, 3], SamplingParams(max_tokens=1)))
+    assert sched.schedule().preempted == [] and first.state is ProcessState.RUNNING
