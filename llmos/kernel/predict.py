@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import os
-import pickle
 import re
 import threading
 import time
@@ -34,6 +33,7 @@ logger = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 2000  # of the last user message kept as a feature
 MAX_DECODE_TOKENS = 1024  # prompt tail decoded to find the last user message
 MODEL_FORMAT = 1  # bumped when LengthModel's features change: older files are ignored
+NUM_DENSE = 6  # the numeric columns after the hashed text
 
 # Turn openers of the chat templates llmos serves (ChatML, Gemma, Llama 3) and the role after
 # them; a prompt without any is a plain completion and its whole tail is the "message".
@@ -148,7 +148,8 @@ class LengthModel:
     def __init__(self, alpha: float = 1.0, num_hash_features: int = 1 << 14) -> None:
         self.alpha = alpha
         self.num_hash_features = num_hash_features
-        self._regressor: Any = None
+        self.coef: Any = None  # numpy (num_hash_features + NUM_DENSE,) once fit
+        self.intercept = 0.0
         self.num_records = 0
 
     def _vectorizer(self) -> Any:
@@ -192,7 +193,9 @@ class LengthModel:
 
         x = self._matrix([r.features for r in records])
         y = np.log1p(np.array([r.num_output_tokens for r in records], dtype=np.float64))
-        self._regressor = Ridge(alpha=self.alpha).fit(x, y)
+        regressor = Ridge(alpha=self.alpha).fit(x, y)
+        self.coef = np.asarray(regressor.coef_, dtype=np.float64)
+        self.intercept = float(regressor.intercept_)
         self.num_records = len(records)
         return self
 
@@ -200,25 +203,39 @@ class LengthModel:
         """Predicted output tokens of each row, within [1, its max_tokens]."""
         import numpy as np
 
-        assert self._regressor is not None, "predict before fit"
-        y = np.expm1(self._regressor.predict(self._matrix(rows)))
+        assert self.coef is not None, "predict before fit"
+        y = np.expm1(self._matrix(rows) @ self.coef + self.intercept)
         return [float(min(max(v, 1.0), f.max_tokens)) for v, f in zip(y, rows, strict=True)]
 
     def to_bytes(self) -> bytes:
+        """The fitted weights as an `.npz` of plain arrays (no pickle: loading runs no code)."""
+        import numpy as np
+
+        assert self.coef is not None, "save before fit"
         buf = io.BytesIO()
-        pickle.dump((MODEL_FORMAT, self), buf, protocol=pickle.HIGHEST_PROTOCOL)
+        meta = [MODEL_FORMAT, self.num_hash_features, self.num_records]
+        np.savez(
+            buf, meta=np.array(meta), coef=self.coef, extra=np.array([self.intercept, self.alpha])
+        )
         return buf.getvalue()
 
     @staticmethod
     def from_bytes(data: bytes) -> LengthModel | None:
-        """A model saved by `to_bytes` (the data dir's own file), or None if it is from an older
-        format or unreadable."""
+        """A model saved by `to_bytes`, or None if it is from another format or unreadable."""
+        import numpy as np
+
         try:
-            fmt, model = pickle.loads(data)  # noqa: S301 (written by this server, in its data dir)
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                fmt, num_hash_features, num_records = (int(v) for v in z["meta"])
+                coef, (intercept, alpha) = z["coef"], z["extra"]
         except Exception:
             logger.warning("the saved length model is unreadable; starting cold", exc_info=True)
             return None
-        return model if fmt == MODEL_FORMAT and isinstance(model, LengthModel) else None
+        if fmt != MODEL_FORMAT or coef.shape != (num_hash_features + NUM_DENSE,):
+            return None
+        model = LengthModel(alpha=float(alpha), num_hash_features=num_hash_features)
+        model.coef, model.intercept, model.num_records = coef, float(intercept), num_records
+        return model
 
 
 @dataclass(slots=True)

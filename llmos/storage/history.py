@@ -29,7 +29,7 @@ from llmos.storage.schema import Base
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
-MODEL_FILENAME = "length-model.pkl"
+MODEL_FILENAME = "length-model.npz"
 
 
 class HistoryRow(Base):
