@@ -217,8 +217,8 @@ async def noisy_neighbour(
     """alice keeps 32 long streams in flight; bob's TTFTs, one request at a time. A request of
     bob's still without its first token when the phase ends counts with the time it waited (a
     lower bound); alice's streams are then closed (their processes are killed)."""
-    longs = [t for k, t in prompt_mix(400, seed=7, long_share=1.0)]
-    shorts = [t for k, t in prompt_mix(200, seed=8, long_share=0.0)]
+    longs = [t for k, t in prompt_mix(400, seed=7, long_share=1.0, unique=False)]
+    shorts = [t for k, t in prompt_mix(200, seed=8, long_share=0.0, unique=False)]
     stop = time.perf_counter() + duration_s
     ttfts: list[float] = []
     async with client(url) as c:
@@ -252,7 +252,7 @@ async def backlogged_pair(
 ) -> dict[str, int]:
     """alice and carol each keep 16 streams in flight; streamed tokens per owner in the window."""
     counts = {"alice": 0, "carol": 0}
-    prompts = [t for _, t in prompt_mix(600, seed=9, long_share=0.5)]
+    prompts = [t for _, t in prompt_mix(600, seed=9, long_share=0.5, unique=False)]
     start = time.perf_counter()
     measure_from, stop = start + 4.0, start + 4.0 + duration_s
     async with client(url) as c:

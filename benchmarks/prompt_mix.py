@@ -231,20 +231,24 @@ def _fill(template: str, rng: random.Random) -> str:
     )
 
 
-def prompt_mix(n: int, *, seed: int = 0, long_share: float = 0.2) -> list[tuple[str, str]]:
+def prompt_mix(
+    n: int, *, seed: int = 0, long_share: float = 0.2, unique: bool = True
+) -> list[tuple[str, str]]:
     """`n` (kind, user message) pairs, about `long_share` of them asking for a long answer, in a
-    random order; no message repeats."""
+    random order; with `unique`, no message repeats (the mix holds a few hundred of each)."""
     rng = random.Random(seed)
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
-    while len(out) < n:
+    for _ in range(100 * n):
+        if len(out) == n:
+            return out
         kinds = LONG_KINDS if rng.random() < long_share else SHORT_KINDS
         kind, phrasings = rng.choice(kinds)
         text = _fill(rng.choice(phrasings), rng)
-        if text not in seen:
+        if not unique or text not in seen:
             seen.add(text)
             out.append((kind, text))
-    return out
+    raise ValueError(f"the mix holds fewer than {n} distinct prompts of that kind")
 
 
 def is_long_kind(kind: str) -> bool:
