@@ -127,8 +127,9 @@ def start_server(args: argparse.Namespace, policy: str, home: str, n_train: int,
         "LLMOS_KERNEL__MAX_MODEL_LEN": "1024",
         "LLMOS_KERNEL__AGING_WINDOW_S": str(args.aging_window_s),
         "LLMOS_MEMORY__KV_CACHE_BYTES": str(256 << 20),
-        # One fit, on exactly the training half (+ the 2 solo requests), none during the trace:
-        "LLMOS_KERNEL__PREDICT_MIN_RECORDS": str(n_train + 2),
+        # One fit, on exactly the training half (+ 2 solo and 5 idle-TTFT requests), none during
+        # the trace:
+        "LLMOS_KERNEL__PREDICT_MIN_RECORDS": str(n_train + 7),
         "LLMOS_KERNEL__PREDICT_RETRAIN_EVERY": "1000000",
         "LLMOS_KERNEL__PREDICT_WINDOW": str(n_trace),
     }
