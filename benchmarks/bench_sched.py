@@ -421,7 +421,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="Trace sizes and durations.")
     ap.add_argument("--max-tokens", type=int, default=256, help="The same for every request.")
     ap.add_argument("--max-num-seqs", type=int, default=8, help="kernel.max_num_seqs (both).")
-    ap.add_argument("--rate", type=float, default=4.0, help="Trace arrivals per second.")
+    ap.add_argument("--rate", type=float, default=8.0, help="Trace arrivals per second.")
     ap.add_argument("--aging-window-s", type=float, default=30.0)
     ap.add_argument("--policies", default="fcfs,llmos")
     ap.add_argument("--repeats", type=int, default=1)
