@@ -7,8 +7,9 @@ policies also hear of arrivals and of the tokens each process is served (`on_add
 ("Fairness in Serving Large Language Models", Sheng et al., OSDI 2024, VTC) charged
 `input_weight` per prompt token and `output_weight` per output token, divided by the owner's
 share; the backlogged owner with the smallest counter goes first. An owner that arrives after
-being idle is lifted to the smallest counter of the owners already waiting, so idle time cannot
-be banked. Invariant: a counter only grows; tokens recomputed after a preemption are not charged
+being idle is lifted to the smallest counter of the owners already waiting (to the largest
+counter when nobody is), so idle time cannot be banked and past service is not held against an
+owner once the kernel has been idle. Invariant: a counter only grows; tokens recomputed after a preemption are not charged
 again (the owner did not ask for them twice).
 
 `llmos` (the default) is `fair` with the owner's processes ordered by predicted remaining work
@@ -82,9 +83,14 @@ class FairShare:
 
     def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
         owners = set(active_owners)
-        if proc.owner in owners or not owners:
-            return  # already backlogged (its counter is live), or nobody to catch up with
-        floor = min(self.counters.get(o, 0.0) for o in owners)
+        if proc.owner in owners:
+            return  # already backlogged: its counter is live
+        if owners:
+            floor = min(self.counters.get(o, 0.0) for o in owners)
+        else:
+            # The kernel was idle: lift to the largest counter (VTC lifts to the counters of
+            # the owners that just left), so past service is neither credit nor debt.
+            floor = max(self.counters.values(), default=0.0)
         self.counters[proc.owner] = max(self.counters.get(proc.owner, 0.0), floor)
 
     def charge(self, proc: Process, num_prompt_tokens: int, num_output_tokens: int) -> None:

@@ -216,8 +216,16 @@ class Scheduler:
         best = min(self.waiting, key=self.key)
         need = self.blocks_for(min(best.num_tokens, self.max_num_batched_tokens))
         need += self.watermark_blocks
+        # Only processes after `best` in policy order (under fcfs, class alone would preempt a
+        # process that is then readmitted first: a livelock).
         victims = sorted(
-            (p for p in self.running if p.priority > best.priority), key=self.key, reverse=True
+            (
+                p
+                for p in self.running
+                if p.priority > best.priority and self.key(p) > self.key(best)
+            ),
+            key=self.key,
+            reverse=True,
         )
         while victims and not self.pool.can_allocate(need):
             self._preempt(victims.pop(0), batch)
