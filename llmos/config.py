@@ -70,10 +70,41 @@ class KernelConfig(BaseModel):
         "device), pad small batches so a process's output never depends on its batch "
         "neighbours (the native GEMM is invariant at no cost; see docs/design/kernel.md).",
     )
-    policy: Literal["fcfs", "priority", "fair"] = Field(
-        "priority",
+    policy: Literal["fcfs", "priority", "fair", "llmos"] = Field(
+        "llmos",
         description="Queue order: fcfs; priority (classes, then arrival); fair (classes, then "
-        "per-owner fair share by virtual token counters, then arrival).",
+        "per-owner fair share by virtual token counters, then arrival); llmos (classes, then "
+        "fair share, then shortest predicted remaining output with aging).",
+    )
+    aging_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="llmos policy: a process is never queued behind one of its class and owner "
+        "that arrived more than this many seconds after it, whatever their predicted lengths.",
+    )
+    predict_history_rows: int = Field(
+        10_000,
+        ge=1,
+        description="Finished processes kept in the history table (newest first) and learned "
+        "from by the output-length predictor.",
+    )
+    predict_window: int = Field(
+        200,
+        ge=2,
+        description="Recent finished processes over which the predictor's Kendall's tau is "
+        "reported (/os/stats, /metrics, llmos top).",
+    )
+    predict_retrain_every: int = Field(
+        64,
+        ge=1,
+        description="New finished processes after which the length model is refit (in the "
+        "background, one thread, lowest CPU priority).",
+    )
+    predict_min_records: int = Field(
+        32,
+        ge=2,
+        description="Finished processes needed before the first fit; until then the llmos "
+        "policy orders by max_tokens and arrival.",
     )
     max_resident_models: int = Field(
         2,

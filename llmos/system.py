@@ -9,6 +9,7 @@ loader knows. The kernel below knows processes, blocks and models, never files o
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 from llmos.config import Settings
 from llmos.errors import InvalidRequest
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from llmos.kernel.engine import Engine
     from llmos.kernel.loop import EngineLoop
+    from llmos.kernel.predict import Predictor
     from llmos.kernel.residency import Residency, ServedEngine
     from llmos.monitor.eventlog import EventLog
     from llmos.monitor.metrics import Metrics
@@ -67,6 +71,7 @@ def load_engine(
     name: str | None = None,
     profile: dict[str, Any] | None = None,
     check_budget: bool = True,
+    predictor: Predictor | None = None,
 ) -> Engine:
     """Load a model and build a kernel engine around it.
 
@@ -76,6 +81,7 @@ def load_engine(
     the registry model's profile (its sampling defaults), or `profile` when given. A model whose
     load can never fit the memory budget is refused before any weight is read, unless the caller
     checked already (`check_budget=False`: the residency manager, which also makes room).
+    `predictor` is the output-length predictor of the server (default: the engine's own).
     """
     from llmos.kernel.engine import Engine, set_compute_threads
     from llmos.models.loader import load_model_files
@@ -97,6 +103,7 @@ def load_engine(
         memory=settings.memory,
         pids=pids,
         profile=profile if profile is not None else stored_profile,
+        predictor=predictor,
     )
 
 
@@ -148,6 +155,7 @@ class RegistrySource:
         self.settings = settings
         self._registry: Registry | None = None
         self._lock = threading.Lock()
+        self.predictor: Predictor | None = None  # shared by every engine it loads
 
     @property
     def registry(self) -> Registry:
@@ -180,7 +188,13 @@ class RegistrySource:
         path = self.registry.resolve(model_id)
         profile = profile_of(self.registry, model_id)
         return load_engine(
-            str(path), self.settings, pids=pids, name=model_id, profile=profile, check_budget=False
+            str(path),
+            self.settings,
+            pids=pids,
+            name=model_id,
+            profile=profile,
+            check_budget=False,
+            predictor=self.predictor,
         )
 
 
@@ -195,6 +209,7 @@ class ServingSystem:
     metrics: Metrics
     default_model: str  # the id of the model the server started with
     events: EventLog  # what happened (loads, evictions, failures, refusals), persisted
+    predictor: Predictor | None = None  # output lengths learned from the history table
 
 
 def build_serving(
@@ -228,6 +243,9 @@ def build_serving(
         watchdog_exit_s=k.watchdog_exit_s,
     )
     source = RegistrySource(settings)
+    loop.predictor = source.predictor = open_predictor(settings)
+    if hasattr(engine, "predictor"):
+        engine.predictor = loop.predictor
     supervisor = Supervisor(
         SupervisorPolicy(
             max_failures=k.engine_max_failures,
@@ -255,5 +273,49 @@ def build_serving(
     from_path = any(Path(n).expanduser().exists() for n in names)
     residency.adopt(engine, aliases=names, is_reloadable=False if from_path else None)
     return ServingSystem(
-        settings, loop, residency, source, metrics, engine.model_name, events=events
+        settings,
+        loop,
+        residency,
+        source,
+        metrics,
+        engine.model_name,
+        events=events,
+        predictor=loop.predictor,
     )
+
+
+def open_predictor(settings: Settings) -> Predictor:
+    """The server's output-length predictor, wired to the data dir: every finished process is
+    appended to the bounded history table, each fit is saved atomically, and a restart starts
+    from the saved model and the stored history (read on a background thread, so the server
+    starts at once; until then it predicts cold)."""
+    from llmos.kernel.predict import HistoryRecord, LengthModel, Predictor
+    from llmos.storage.history import HistoryStore, load_model, save_model
+
+    k = settings.kernel
+    history = HistoryStore(settings.storage, max_rows=k.predict_history_rows)
+    predictor = Predictor(
+        max_records=k.predict_history_rows,
+        window=k.predict_window,
+        retrain_every=k.predict_retrain_every,
+        min_records=k.predict_min_records,
+        on_record=lambda rec: history.append(rec.to_dict()),
+        on_trained=lambda data: save_model(settings.storage, data),
+        on_close=history.close,
+    )
+
+    def restore() -> None:
+        try:
+            data = load_model(settings.storage)
+            model = LengthModel.from_bytes(data) if data is not None else None
+            records = [HistoryRecord.from_dict(r) for r in history.recent()]
+        except Exception:
+            logger.exception("could not read the stored history; the predictor starts cold")
+            return
+        predictor.seed(records, model)
+        logger.info(
+            "length predictor: %d stored records, saved model: %s", len(records), bool(model)
+        )
+
+    threading.Thread(target=restore, name="llmos-predictor-restore", daemon=True).start()
+    return predictor

@@ -22,6 +22,8 @@ from llmos.errors import ContextTooLong, InvalidRequest
 from llmos.kernel.memory import BlockPool, cache_namespace
 from llmos.kernel.outputs import EngineStats, KernelTimes, ProcessOutput, TickFailed
 from llmos.kernel.params import SamplingParams
+from llmos.kernel.policy import make_policy
+from llmos.kernel.predict import HistoryRecord, Predictor, features_of
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.sampler import Sampler
@@ -62,6 +64,7 @@ class Engine:
         memory: MemoryConfig | None = None,
         pids: Iterator[int] | None = None,
         profile: dict[str, Any] | None = None,
+        predictor: Predictor | None = None,
     ) -> None:
         self.kernel_config = kernel = kernel or KernelConfig()
         self.memory_config = memory = memory or MemoryConfig()
@@ -103,8 +106,17 @@ class Engine:
             self.swap,
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
-            policy=kernel.policy,
+            policy=make_policy(kernel.policy, aging_window_s=kernel.aging_window_s),
         )
+        # Learns output lengths from this engine's finished processes (a server shares one
+        # across its engines and stores the history: llmos.system).
+        self.predictor = predictor or Predictor(
+            max_records=kernel.predict_history_rows,
+            window=kernel.predict_window,
+            retrain_every=kernel.predict_retrain_every,
+            min_records=kernel.predict_min_records,
+        )
+        self.tick_s = 0.0  # time spent in `step` since start
         self.runner = ModelRunner(
             model, self.kv, device=kernel.device, pad_to=None if kernel.batch_invariant else []
         )
@@ -179,6 +191,16 @@ class Engine:
             model=self.model_name,
             priority=priority,
         )
+        # Features and prediction on the caller's thread, never in the tick.
+        proc.features = features_of(
+            prompt_token_ids,
+            params,
+            tokenizer=self.tokenizer,
+            max_tokens=max_tokens,
+            model=self.model_name,
+            owner=owner,
+        )
+        proc.predicted_output_tokens = self.predictor.predict(proc.features)
         self.table.add(proc)
         self._inbox.append(("submit", proc))
         return pid
@@ -223,11 +245,19 @@ class Engine:
             memory=self.memory_config,
             pids=self.pids,
             profile=self.profile,
+            predictor=self.predictor,
         )
 
     # ---- the tick (driver thread only) ---------------------------------------------------
     def step(self) -> list[ProcessOutput]:
         """Run one tick and return what each process produced in it."""
+        started_s = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.tick_s += time.perf_counter() - started_s
+
+    def _step(self) -> list[ProcessOutput]:
         with self._lock:
             outputs = self._drain_inbox()
             batch = self.scheduler.schedule()
@@ -329,6 +359,8 @@ class Engine:
         self.table.remove(proc.pid)
         self._counters["finished"] += 1
         self._counters[f"finished_{state.value}"] += 1
+        if state in (ProcessState.FINISHED_STOPPED, ProcessState.FINISHED_LENGTH):
+            self._learn(proc, state)
         out.finished = True
         out.finish_reason = state.finish_reason
         out.kernel_times = KernelTimes(
@@ -338,6 +370,21 @@ class Engine:
             proc.preempted_before_first_token_s,
         )
         return self._fill(proc, out)
+
+    def _learn(self, proc: Process, state: ProcessState) -> None:
+        """Hand a finished process's features and outcome to the predictor (killed and failed
+        processes say nothing about how long they would have run)."""
+        if proc.features is None:
+            return
+        reason = state.finish_reason
+        self.predictor.record(
+            HistoryRecord(
+                proc.features,
+                proc.num_output_tokens,
+                reason.value if reason is not None else state.value,
+                proc.predicted_output_tokens,
+            )
+        )
 
     @staticmethod
     def _fill(proc: Process, out: ProcessOutput) -> ProcessOutput:
@@ -371,4 +418,6 @@ class Engine:
             num_generated_tokens=self._counters["generated_tokens"],
             num_finished=self._counters["finished"],
             num_ticks=self._counters["ticks"],
+            schedule_s=s.schedule_s,
+            tick_s=self.tick_s,
         )

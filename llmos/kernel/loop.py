@@ -50,6 +50,7 @@ from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
 
 if TYPE_CHECKING:
+    from llmos.kernel.predict import Predictor
     from llmos.monitor.events import PreemptionStorms
     from llmos.monitor.metrics import Metrics, ModelMetrics
 
@@ -161,6 +162,7 @@ class EngineLoop:
         self.last_tick_s = time.monotonic()
         self.last_progress_s = time.monotonic()
         self.preemption_storms: PreemptionStorms | None = None  # set by llmos.system
+        self.predictor: Predictor | None = None  # the engines' shared one (llmos.system)
         self.storm_check_s = STORM_CHECK_S
         self._storms_due_s = 0.0
         self._tasks: dict[str, Tickable] = {}
@@ -192,6 +194,8 @@ class EngineLoop:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+        if self.predictor is not None:
+            self.predictor.close()
         logger.info("engine loop stopped")
 
     def begin_drain(self) -> None:
@@ -411,11 +415,19 @@ class EngineLoop:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Scrape-time numbers for `/metrics`, per resident model."""
-        return {name: self._snapshot(s) for name, s in self.stats_by_model().items()}
+        taus = self.predictor.stats().by_model if self.predictor is not None else {}
+        out = {}
+        for name, s in self.stats_by_model().items():
+            out[name] = self._snapshot(s)
+            if taus.get(name) is not None:
+                out[name]["predictor_kendall_tau"] = cast(float, taus[name])
+        return out
 
     def _snapshot(self, s: EngineStats) -> dict[str, float]:
         total = s.kv_blocks_total or 1
         return {
+            "schedule_share": s.schedule_share,
+            "schedule_seconds": s.schedule_s,
             "num_running": s.num_running,
             "num_waiting": s.num_waiting,
             "num_preempted": s.num_preempted,

@@ -137,7 +137,14 @@ class EngineStats:
     num_generated_tokens: int = 0
     num_finished: int = 0
     num_ticks: int = 0
+    schedule_s: float = 0.0  # time the scheduler took deciding ticks, since start
+    tick_s: float = 0.0  # time the ticks took in all, since start
     extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def schedule_share(self) -> float:
+        """The share of tick time spent scheduling (the policy's per-tick cost)."""
+        return self.schedule_s / self.tick_s if self.tick_s > 0 else 0.0
 
     @property
     def prefix_cache_hit_rate(self) -> float:

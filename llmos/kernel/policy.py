@@ -7,16 +7,26 @@ policies also hear of arrivals and of the tokens each process is served (`on_add
 ("Fairness in Serving Large Language Models", Sheng et al., OSDI 2024, VTC) charged
 `input_weight` per prompt token and `output_weight` per output token, divided by the owner's
 share; the backlogged owner with the smallest counter goes first. An owner that arrives after
-being idle is lifted to the smallest counter of the owners already waiting, so idle time cannot
-be banked. Invariant: a counter only grows; tokens recomputed after a preemption are not charged
+being idle is lifted to the smallest counter of the owners already waiting (to the largest
+counter when nobody is), so idle time cannot be banked and past service is not held against an
+owner once the kernel has been idle. Invariant: a counter only grows; tokens recomputed after a preemption are not charged
 again (the owner did not ask for them twice).
+
+`llmos` (the default) is `fair` with the owner's processes ordered by predicted remaining work
+(shortest first) with aging instead of by arrival: inside one class and owner a process's key is
+`arrival_s + aging_window_s * r`, where `r` in [0, 1] grows with the log of its predicted
+remaining tokens (`kernel.predict`). The bound (docs/design/scheduling.md): a process is never
+ordered behind a process of its class and owner that arrived more than `aging_window_s` after
+it, however long either is predicted to run, so mispredictions cost order, never a kill.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from llmos.kernel.predict import remaining_tokens
 from llmos.kernel.process import Process
 
 Key = tuple[float, ...]
@@ -73,9 +83,14 @@ class FairShare:
 
     def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
         owners = set(active_owners)
-        if proc.owner in owners or not owners:
-            return  # already backlogged (its counter is live), or nobody to catch up with
-        floor = min(self.counters.get(o, 0.0) for o in owners)
+        if proc.owner in owners:
+            return  # already backlogged: its counter is live
+        if owners:
+            floor = min(self.counters.get(o, 0.0) for o in owners)
+        else:
+            # The kernel was idle: lift to the largest counter (VTC lifts to the counters of
+            # the owners that just left), so past service is neither credit nor debt.
+            floor = max(self.counters.values(), default=0.0)
         self.counters[proc.owner] = max(self.counters.get(proc.owner, 0.0), floor)
 
     def charge(self, proc: Process, num_prompt_tokens: int, num_output_tokens: int) -> None:
@@ -84,8 +99,50 @@ class FairShare:
         self.counters[proc.owner] = self.counters.get(proc.owner, 0.0) + cost / share
 
 
-POLICIES: dict[str, Callable[[], SchedulingPolicy]] = {
-    "fcfs": lambda: _Stateless(fcfs),
-    "priority": lambda: _Stateless(priority),
-    "fair": FairShare,
+# Remaining work is scaled by log1p(tokens) / log1p(LENGTH_SCALE_TOKENS), clamped to 1: short
+# jobs (tens of tokens) and long ones (hundreds) sit far apart on that scale.
+LENGTH_SCALE_TOKENS = 4096
+DEFAULT_AGING_WINDOW_S = 60.0
+
+
+class Llmos(FairShare):
+    """Priority classes, then the owner's VTC counter, then shortest predicted remaining work
+    with aging (`aging_window_s`), then arrival."""
+
+    def __init__(self, *, aging_window_s: float = DEFAULT_AGING_WINDOW_S, **fair: float) -> None:
+        super().__init__(**fair)  # type: ignore[arg-type]
+        self.aging_window_s = aging_window_s
+
+    def key(self, proc: Process) -> Key:
+        return (
+            int(proc.priority),
+            self.counters.get(proc.owner, 0.0),
+            self.deadline(proc),
+            proc.seq_no,
+        )
+
+    def deadline(self, proc: Process) -> float:
+        """arrival + aging_window_s * (predicted remaining work on a 0..1 log scale)."""
+        f = proc.features
+        max_tokens = f.max_tokens if f is not None else proc.params.max_tokens
+        max_tokens = max_tokens or LENGTH_SCALE_TOKENS
+        left = remaining_tokens(proc.predicted_output_tokens, proc.num_output_tokens, max_tokens)
+        r = min(math.log1p(left) / math.log1p(LENGTH_SCALE_TOKENS), 1.0)
+        return proc.arrival_s + self.aging_window_s * r
+
+
+POLICIES: dict[str, Callable[..., SchedulingPolicy]] = {
+    "fcfs": lambda **_: _Stateless(fcfs),
+    "priority": lambda **_: _Stateless(priority),
+    "fair": lambda **_: FairShare(),
+    "llmos": lambda aging_window_s=DEFAULT_AGING_WINDOW_S, **_: Llmos(
+        aging_window_s=aging_window_s
+    ),
 }
+
+
+def make_policy(name: str, **options: float) -> SchedulingPolicy:
+    """The policy registered as `name`, given the options it takes (`aging_window_s`)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown scheduling policy {name!r}: one of {sorted(POLICIES)}")
+    return POLICIES[name](**options)

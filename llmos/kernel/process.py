@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from llmos.kernel.outputs import FinishReason
 from llmos.kernel.params import SamplingParams
+from llmos.kernel.predict import PromptFeatures
 
 
 class Priority(enum.IntEnum):
@@ -102,6 +103,8 @@ class Process:
     preempted_before_first_token_s: float = 0.0
     is_swapped: bool = False  # its KV lives in the swap area, not the pool
     seq_no: int = 0  # admission order (FCFS tie-break), set by the scheduler
+    features: PromptFeatures | None = None  # what the length predictor saw (kernel.predict)
+    predicted_output_tokens: float | None = None  # None: no model yet (cold start)
     error: str | None = None
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from llmos.kernel.memory import BlockPool
-from llmos.kernel.policy import POLICIES
+from llmos.kernel.policy import SchedulingPolicy, make_policy
 from llmos.kernel.process import Process, ProcessState
 from llmos.kernel.swap import SwapSpace
 
@@ -49,15 +49,13 @@ class Scheduler:
         *,
         max_num_batched_tokens: int,
         max_num_seqs: int,
-        policy: str = "priority",
+        policy: str | SchedulingPolicy = "priority",
     ) -> None:
         self.pool = pool
         self.swap = swap
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
-        if policy not in POLICIES:
-            raise ValueError(f"unknown scheduling policy {policy!r}: one of {sorted(POLICIES)}")
-        self.policy = POLICIES[policy]()
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.key = self.policy.key
         self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
@@ -71,6 +69,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_swap_outs = 0
         self.num_recomputes = 0
+        self.schedule_s = 0.0  # time spent in `schedule` since start (the per-tick cost)
 
     # ---- process lifecycle ---------------------------------------------------------------
     def add(self, proc: Process) -> None:
@@ -103,7 +102,15 @@ class Scheduler:
 
     # ---- one tick ------------------------------------------------------------------------
     def schedule(self) -> Batch:
+        started_s = time.perf_counter()
+        try:
+            return self._schedule()
+        finally:
+            self.schedule_s += time.perf_counter() - started_s
+
+    def _schedule(self) -> Batch:
         batch = Batch()
+        self._preempt_for_slot(batch)
         self._preempt_for_priority(batch)
         num_priority_preempted = len(batch.preempted)
         budget = self._schedule_running(batch, self.max_num_batched_tokens)
@@ -187,6 +194,21 @@ class Scheduler:
         self._add(batch, proc, n)
         return True
 
+    def _preempt_for_slot(self, batch: Batch) -> None:
+        """Every running slot is taken and a new arrival comes before the last running process
+        in policy order: preempt that one (one per tick). Only arrivals never scheduled, and only
+        when nothing queued comes before them, so two processes cannot take turns evicting each
+        other. Under fcfs it never fires (an arrival is always last); under llmos it lets a
+        short job or a light owner's first request past long-running work."""
+        if len(self.running) < self.max_num_seqs or not self.waiting:
+            return
+        best = min(self.swapped + self.waiting, key=self.key)
+        if best.is_swapped or best.num_preemptions or best.first_scheduled_s is not None:
+            return
+        worst = max(self.running, key=self.key)
+        if self.key(best) < self.key(worst):
+            self._preempt(worst, batch)
+
     def _preempt_for_priority(self, batch: Batch) -> None:
         """Preempt lower-class running processes when a higher-class one cannot be admitted."""
         if not self.waiting or not self.running:
@@ -194,8 +216,16 @@ class Scheduler:
         best = min(self.waiting, key=self.key)
         need = self.blocks_for(min(best.num_tokens, self.max_num_batched_tokens))
         need += self.watermark_blocks
+        # Only processes after `best` in policy order (under fcfs, class alone would preempt a
+        # process that is then readmitted first: a livelock).
         victims = sorted(
-            (p for p in self.running if p.priority > best.priority), key=self.key, reverse=True
+            (
+                p
+                for p in self.running
+                if p.priority > best.priority and self.key(p) > self.key(best)
+            ),
+            key=self.key,
+            reverse=True,
         )
         while victims and not self.pool.can_allocate(need):
             self._preempt(victims.pop(0), batch)

@@ -89,6 +89,21 @@ _SNAPSHOT_SERIES: dict[str, tuple[str, str, str]] = {
     "prefix_cache_hits": ("llmos:prefix_cache_hits", "counter", "Prompt blocks found cached."),
     "prefix_cache_queries": ("llmos:prefix_cache_queries", "counter", "Prompt blocks looked up."),
     "num_ticks": ("llmos:engine_ticks", "counter", "Engine ticks since start."),
+    "schedule_seconds": (
+        "llmos:scheduler_seconds",
+        "counter",
+        "Seconds the scheduler spent deciding ticks since start.",
+    ),
+    "schedule_share": (
+        "llmos:scheduler_time_share",
+        "gauge",
+        "Share of tick time spent scheduling (the policy's per-tick cost), since start.",
+    ),
+    "predictor_kendall_tau": (
+        "llmos:predictor_kendall_tau",
+        "gauge",
+        "Kendall's tau between predicted and actual output tokens over recent processes.",
+    ),
 }
 
 

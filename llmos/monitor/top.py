@@ -34,8 +34,26 @@ def summary(stats: dict[str, Any]) -> Text:
         f"{stats.get('num_generated_tokens', 0)}   prompt: {stats.get('num_prompt_tokens', 0)}",
         f"KV memory: [{_bar(usage)}] {used}/{total} blocks used ({usage:.0%}), {cached} cached"
         f"   prefix-cache hit rate: {stats.get('prefix_cache_hit_rate', 0.0):.0%}",
+        _scheduling(stats),
     ]
     return Text("\n".join(lines))
+
+
+def _scheduling(stats: dict[str, Any]) -> str:
+    """The policy, its per-tick cost and how well it predicts output lengths."""
+    line = (
+        f"scheduler: {stats.get('policy', '?')}   "
+        f"cost: {stats.get('schedule_share', 0.0):.2%} of tick time"
+    )
+    pred = stats.get("predictor") or {}
+    if not pred.get("num_trained_on"):
+        return line + "   predictor: cold (max_tokens order)"
+    tau = pred.get("kendall_tau")
+    tau_text = "-" if tau is None else f"{tau:.2f}"
+    return (
+        line + f"   predictor: tau {tau_text} over {pred.get('num_window', 0)} processes, "
+        f"trained on {pred['num_trained_on']}"
+    )
 
 
 def process_table(processes: list[dict[str, Any]], *, now_s: float | None = None) -> Table:

@@ -188,3 +188,16 @@ def test_gauges_show_a_running_process_then_return_to_idle(
     generated = after.stat_delta(before, "num_generated_tokens")
     assert after.metric_delta(before, "llmos:generation_tokens_total") == generated < 900
     _assert_pool_returned(after)
+
+
+def test_the_scheduler_reports_its_policy_cost_and_predictor(
+    http: httpx.Client, server_url: str
+) -> None:
+    _completion(http, "Scheduler probe: name one planet.", 3)
+    reading = Reading(server_url)
+    s = reading.stats
+    assert s["policy"] == "llmos"
+    assert 0 < s["schedule_share"] < 1 and 0 < s["schedule_s"] < s["tick_s"]
+    assert s["predictor"]["num_records"] >= 1  # the probe's process, at least
+    assert reading.metrics.value("llmos:scheduler_time_share", model_name="smollm2") > 0
+    assert reading.metrics.value("llmos:scheduler_seconds_total", model_name="smollm2") > 0

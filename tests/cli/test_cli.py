@@ -114,6 +114,7 @@ def test_top_renders_a_frame(server_url: str, long_stream: int) -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "llmos top - smollm2" in out and "KV memory" in out and "tok/s" in out
+    assert "scheduler: llmos" in out and "of tick time" in out and "predictor:" in out
     assert "PID" in out and str(long_stream) in out and "running" in out
 
 

@@ -145,3 +145,21 @@ def test_a_light_user_is_not_stuck_behind_a_heavy_queue() -> None:
         waits[policy] = sim.first_scheduled_tick[light.pid] - 3
     # FCFS makes it wait for most of the heavy queue; fair share admits it at the next free slot.
     assert waits["fair"] * 5 <= waits["fcfs"], waits
+
+
+def test_after_an_idle_kernel_owners_start_level() -> None:
+    """A heavy owner's past service is not held against it once everyone has left: whoever
+    arrives first into an idle kernel is lifted to the largest counter."""
+    sim = Sim("fair")
+    policy = sim.sched.policy
+    assert isinstance(policy, FairShare)
+    for _ in range(4):
+        sim.submit("heavy", 8, 16)
+    while sim.sched.num_unfinished:
+        sim.step()
+    heavy = policy.counters["heavy"]
+    assert heavy > 100
+    sim.submit("light", 8, 16)  # the kernel is idle: nobody to catch up with
+    assert policy.counters["light"] == heavy
+    sim.submit("heavy", 8, 16)
+    assert policy.counters["heavy"] == heavy  # level: neither owner is served first for long

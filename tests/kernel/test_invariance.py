@@ -2,7 +2,8 @@
 
 Each of 16 prompts is run alone, all together (with chunked prefill mixing into decodes), under
 a KV pool so small that processes are preempted (both through swap and through recompute), and
-again with its prefix in the cache. Every run must produce exactly the same tokens.
+again with its prefix in the cache, under every scheduling policy (each orders and preempts
+differently). Every run must produce exactly the same tokens.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import pytest
 from llmos.config import KernelConfig, MemoryConfig
 from llmos.kernel.engine import Engine
 from llmos.kernel.params import SamplingParams
+from llmos.kernel.policy import POLICIES
 from llmos.llm import LLM
 from llmos.ops.cpu import KVCache
 
 pytestmark = pytest.mark.slow
+each_policy = pytest.mark.parametrize("policy", sorted(POLICIES))
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -38,7 +41,9 @@ QUESTIONS = [
 MAX_TOKENS = 24
 
 
-def _engine(files, model, *, kv_blocks=2048, swap_blocks=2048, budget=512, caching=False):
+def _engine(
+    files, model, *, kv_blocks=2048, swap_blocks=2048, budget=512, caching=False, policy="fcfs"
+):
     c = files.config
     block = KVCache.bytes_per_block(c.num_layers, 16, c.num_kv_heads, c.head_dim)
     return Engine(
@@ -46,7 +51,7 @@ def _engine(files, model, *, kv_blocks=2048, swap_blocks=2048, budget=512, cachi
         files.tokenizer,
         model_name="smollm2",
         chat_template=files.chat_template,
-        kernel=KernelConfig(max_num_batched_tokens=budget, max_num_seqs=64),
+        kernel=KernelConfig(max_num_batched_tokens=budget, max_num_seqs=64, policy=policy),
         memory=MemoryConfig(
             kv_cache_bytes=kv_blocks * block,
             swap_bytes=swap_blocks * block,
@@ -76,17 +81,26 @@ def alone(smollm2_files, smollm2_model, prompts):
     return [llm.generate([p], PARAMS)[0].token_ids for p in prompts]
 
 
-def test_batched_with_chunked_prefill_equals_alone(smollm2_files, smollm2_model, prompts, alone):
-    llm = LLM(engine=_engine(smollm2_files, smollm2_model, budget=48))
+@each_policy
+def test_batched_with_chunked_prefill_equals_alone(
+    smollm2_files, smollm2_model, prompts, alone, policy
+):
+    llm = LLM(engine=_engine(smollm2_files, smollm2_model, budget=48, policy=policy))
     together = [c.token_ids for c in llm.generate(prompts, PARAMS)]
     assert together == alone
 
 
+@each_policy
 @pytest.mark.parametrize("swap_blocks", [64, 0], ids=["swap", "recompute"])
-def test_preempted_equals_alone(smollm2_files, smollm2_model, prompts, alone, swap_blocks):
+def test_preempted_equals_alone(smollm2_files, smollm2_model, prompts, alone, swap_blocks, policy):
     # 16 blocks of 16 tokens hold about three of these processes at once
     engine = _engine(
-        smollm2_files, smollm2_model, kv_blocks=16, swap_blocks=swap_blocks, budget=128
+        smollm2_files,
+        smollm2_model,
+        kv_blocks=16,
+        swap_blocks=swap_blocks,
+        budget=128,
+        policy=policy,
     )
     got = [c.token_ids for c in LLM(engine=engine).generate(prompts, PARAMS)]
     stats = engine.stats()
@@ -99,8 +113,9 @@ def test_preempted_equals_alone(smollm2_files, smollm2_model, prompts, alone, sw
     assert stats.kv_blocks_used == 0 and stats.swap_blocks_used == 0
 
 
-def test_prefix_cache_hit_equals_alone(smollm2_files, smollm2_model, prompts, alone):
-    engine = _engine(smollm2_files, smollm2_model, caching=True)
+@each_policy
+def test_prefix_cache_hit_equals_alone(smollm2_files, smollm2_model, prompts, alone, policy):
+    engine = _engine(smollm2_files, smollm2_model, caching=True, policy=policy)
     llm = LLM(engine=engine)
     first = [c.token_ids for c in llm.generate(prompts, PARAMS)]
     hits_before = engine.stats().prefix_cache_hits

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from llmos.kernel.memory import BlockPool, cache_namespace
 from llmos.kernel.params import SamplingParams
+from llmos.kernel.policy import POLICIES
 from llmos.kernel.process import Priority, Process, ProcessState
 from llmos.kernel.scheduler import Scheduler
 from llmos.kernel.swap import SwapSpace
@@ -18,25 +19,40 @@ class Sim:
     """Drives a scheduler like the engine does, appending scripted tokens."""
 
     def __init__(
-        self, num_blocks=32, block_size=4, budget=32, max_seqs=8, swap_slots=16, caching=True
+        self,
+        num_blocks=32,
+        block_size=4,
+        budget=32,
+        max_seqs=8,
+        swap_slots=16,
+        caching=True,
+        policy="priority",
     ):
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching=caching)
         self.swap = SwapSpace(swap_slots)
         self.sched = Scheduler(
-            self.pool, self.swap, max_num_batched_tokens=budget, max_num_seqs=max_seqs
+            self.pool,
+            self.swap,
+            max_num_batched_tokens=budget,
+            max_num_seqs=max_seqs,
+            policy=policy,
         )
         self.procs: dict[int, Process] = {}
         self.next_pid = 1
         self.budget = budget
 
-    def submit(self, prompt, max_tokens, priority=Priority.NORMAL, namespace=b""):
+    def submit(
+        self, prompt, max_tokens, priority=Priority.NORMAL, namespace=b"", owner="local", pred=None
+    ):
         p = Process(
             self.next_pid,
             list(prompt),
             SamplingParams(max_tokens=max_tokens),
             priority=priority,
             cache_namespace=namespace,
+            owner=owner,
         )
+        p.predicted_output_tokens = pred
         self.next_pid += 1
         self.procs[p.pid] = p
         self.sched.add(p)
@@ -149,11 +165,18 @@ def test_prefix_cache_hit_skips_prefill():
     assert first.state is second.state is ProcessState.FINISHED_LENGTH
 
 
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), caching=st.booleans(), swap_slots=st.sampled_from([0, 4, 64]))
-def test_random_workloads_never_leak_blocks(seed, caching, swap_slots):
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    caching=st.booleans(),
+    swap_slots=st.sampled_from([0, 4, 64]),
+    policy=st.sampled_from(sorted(POLICIES)),
+)
+def test_random_workloads_never_leak_blocks(seed, caching, swap_slots, policy):
+    """Under every policy (llmos with random owners and predictions, wrong ones included)."""
     rng = random.Random(seed)
     sim = Sim(
+        policy=policy,
         num_blocks=rng.randint(8, 40),
         block_size=rng.choice([1, 2, 4, 8]),
         budget=rng.randint(4, 48),
@@ -171,7 +194,9 @@ def test_random_workloads_never_leak_blocks(seed, caching, swap_slots):
             prompt += [rng.randrange(50) for _ in range(n_prompt - len(prompt))]
             max_tokens = rng.randint(1, max(1, capacity // 3))
             if len(prompt) + max_tokens <= capacity:
-                sim.submit(prompt, max_tokens, rng.choice(list(Priority)))
+                pred = rng.choice([None, rng.uniform(1, 2 * max_tokens)])
+                owner = rng.choice(["ann", "bob", "cy"])
+                sim.submit(prompt, max_tokens, rng.choice(list(Priority)), owner=owner, pred=pred)
         elif op < 0.45 and sim.procs:
             sim.kill(rng.choice(list(sim.procs)))
         elif op < 0.5 and sim.procs:

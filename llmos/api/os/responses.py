@@ -63,6 +63,21 @@ def _engine_fields() -> dict[str, Any]:
     return {f.name: (hints[f.name], ...) for f in dataclasses.fields(EngineStats)}
 
 
+class PredictorInfo(BaseModel):
+    """The output-length predictor of the `llmos` policy (docs/design/scheduling.md)."""
+
+    kendall_tau: float | None = Field(
+        description="Kendall's tau between predicted and actual output tokens over the window "
+        "of recent finished processes; null until two were predicted."
+    )
+    num_window: int = Field(description="Predicted finished processes in the window.")
+    num_records: int = Field(description="Finished processes in memory to learn from.")
+    num_trained_on: int = Field(description="Records the current model was fit on (0: cold).")
+    num_fits: int
+    last_fit_s: float = Field(description="Seconds the last fit took (in the background).")
+    by_model: dict[str, float | None] = Field(description="Kendall's tau per model.")
+
+
 Stats = create_model(
     "Stats",
     __doc__="GET /os/stats: the engine counters summed over resident models, and more.",
@@ -77,6 +92,12 @@ Stats = create_model(
     uptime_s=(float, ...),
     default_model=(str, ...),
     max_resident_models=(int, ...),
+    policy=(str, Field(description="The scheduling policy (kernel.policy).")),
+    schedule_share=(
+        float,
+        Field(description="Share of tick time spent scheduling since start (per-tick cost)."),
+    ),
+    predictor=(PredictorInfo | None, ...),
     models=(dict[str, EngineStats], Field(description="Each resident model's own numbers.")),
 )
 

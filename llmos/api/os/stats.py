@@ -33,6 +33,9 @@ async def get_stats(ctx: ServerContext = Depends(get_context)) -> dict[str, Any]
         uptime_s=round(max(0.0, time.time() - ctx.started_s), 1),
         default_model=ctx.default_model,
         max_resident_models=ctx.residency.max_resident,
+        policy=ctx.settings.kernel.policy,
+        schedule_share=round(s.schedule_share, 5),
+        predictor=(dataclasses.asdict(ctx.loop.predictor.stats()) if ctx.loop.predictor else None),
         models={name: dataclasses.asdict(m) for name, m in ctx.loop.stats_by_model().items()},
     )
     return data
