@@ -163,6 +163,18 @@ class PackedRows:
         return self._masks[window]
 
 
+class Backbone(nn.Module):
+    """The `model.` prefix of the checkpoint: embeddings, decoder layers, final norm."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        offset = 1.0 if c.architecture == "gemma3" else 0.0
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, offset)
+        self.windows = [c.sliding_window if c.is_sliding(i) else None for i in range(c.num_layers)]
+
+
 class TrainableLM(nn.Module):
     """llama- or gemma3-family causal LM as `nn.Module`s named as the HF checkpoint names them."""
 
@@ -172,10 +184,7 @@ class TrainableLM(nn.Module):
         if c.architecture not in ("llama", "gemma3"):
             raise ValueError(f"no training forward for family {c.architecture!r}")
         is_gemma = c.architecture == "gemma3"
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.model.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_layers))
-        self.model.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, 1.0 if is_gemma else 0.0)
+        self.model = Backbone(c)
         self.lm_head: nn.Linear | None = None
         if not c.tie_word_embeddings:
             self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
@@ -212,7 +221,8 @@ class TrainableLM(nn.Module):
 
     @property
     def head_weight(self) -> torch.Tensor:
-        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        head = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return head.weight
 
     def forward(self, batch: PackedRows) -> torch.Tensor:
         """batch: [B, T] rows -> hidden states [B, T, hidden] (final norm applied)."""
@@ -220,9 +230,8 @@ class TrainableLM(nn.Module):
         if self.embed_scale != 1.0:
             # the paged model multiplies by a float32 tensor; match its rounding
             h = h * torch.tensor(self.embed_scale, dtype=torch.float32)
-        for layer in self.model.layers:
-            rope = self.rope_local if layer.self_attn.window is not None else self.rope
-            h = layer(h, rope, batch)
+        for layer, window in zip(self.model.layers, self.model.windows, strict=True):
+            h = layer(h, self.rope if window is None else self.rope_local, batch)
         return self.model.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from llmos.models.config import ModelConfig
+from llmos.models.tokenizer import Tokenizer
 
 
 def tiny_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -84,3 +85,17 @@ def tiny_gemma3_config(**overrides: object) -> ModelConfig:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def tiny_tokenizer(vocab_size: int = 97) -> Tokenizer:
+    """A word-level tokenizer: <unk>=0, <s>=1, </s>=2, then the words w3 .. w{vocab_size-1}."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab_size)}
+    backend = Backend(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    backend.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    return Tokenizer(backend, bos_token_id=1, eos_token_ids=[2], add_bos_token=True, kind="other")
