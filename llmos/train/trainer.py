@@ -20,7 +20,7 @@ import torch
 
 from llmos.errors import InvalidRequest
 from llmos.models.config import ModelConfig
-from llmos.train.data import Example, StepPlan, collate, pack, plan_steps
+from llmos.train.data import Example, StepPlan, collate, pack, plan_steps, split
 from llmos.train.lora import LoraConfig, apply_lora, lora_state_dict, merged_state_dict
 from llmos.train.model import TrainableLM
 from llmos.train.schedule import SCHEDULES, Schedule, lr_factor
@@ -102,8 +102,6 @@ class Trainer:
     ) -> None:
         """`weights`: float HF-named tensors (a quantized model is dequantized to float32 by
         the loader first). `eval_examples` defaults to a seeded `eval_fraction` split."""
-        from llmos.train.data import split
-
         cfg.validate()
         self.cfg, self.on_step = cfg, on_step
         if eval_examples is None:

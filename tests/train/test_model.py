@@ -76,3 +76,13 @@ def test_chunked_loss_equals_full_cross_entropy():
     full.backward()
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(model.lm_head.weight.grad, grad_chunked, atol=1e-6, rtol=1e-5)
+
+
+def test_a_batch_without_targets_has_zero_loss_and_gradient():
+    cfg = tiny_llama_config()
+    model = TrainableLM.from_weights(cfg, tiny_weights(cfg))
+    loss = model.loss_sum(single_row([5, 6, 7]))
+    loss.backward()
+    assert float(loss) == 0.0
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(float(g.abs().sum()) == 0.0 for g in grads)
