@@ -42,6 +42,7 @@ def save_checkpoint(trainer: Trainer, folder: Path) -> Path:
             "step": trainer.step_idx,
             "num_steps": trainer.num_steps,
             "config": trainer.cfg.to_dict(),
+            "data_digest": trainer.data_digest,
             "last_eval_loss": trainer.last_eval_loss,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -66,8 +67,10 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> None:
     meta = json.loads((folder / META_FILE).read_text())
     if meta.get("format") != FORMAT:
         raise InvalidRequest(f"{folder}: checkpoint format {meta.get('format')} is not {FORMAT}")
-    if _jsonable(trainer.cfg.to_dict()) != meta["config"] or meta["num_steps"] != trainer.num_steps:
-        raise InvalidRequest(f"{folder} belongs to a different training config or dataset")
+    if _jsonable(trainer.cfg.to_dict()) != meta["config"]:
+        raise InvalidRequest(f"{folder} belongs to a different training config")
+    if meta.get("data_digest") != trainer.data_digest or meta["num_steps"] != trainer.num_steps:
+        raise InvalidRequest(f"{folder} belongs to a different dataset")
     tensors = load_file(str(folder / STATE_FILE))
     with torch.no_grad():
         for name, p in trainer.params.items():

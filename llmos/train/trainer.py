@@ -10,6 +10,8 @@ depends on, so a restored trainer continues bit for bit (see `llmos.train.checkp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +89,16 @@ class StepMetrics:
 ProgressFn = Callable[[StepMetrics], None]
 
 
+def data_digest(train: list[Example], held_out: list[Example]) -> str:
+    """sha256 over the tokens and loss masks of the split, in order (lineage and resume check)."""
+    h = hashlib.sha256()
+    for part in (train, held_out):
+        h.update(b"|split|")
+        for ex in part:
+            h.update(json.dumps([ex.token_ids, ex.is_target]).encode())
+    return h.hexdigest()
+
+
 class Trainer:
     """LoRA or full fine-tuning of one model on tokenized examples."""
 
@@ -107,6 +119,7 @@ class Trainer:
         if eval_examples is None:
             examples, eval_examples = split(examples, cfg.eval_fraction, cfg.seed)
         self.eval_examples = eval_examples
+        self.data_digest = data_digest(examples, eval_examples)
         self.model = TrainableLM.from_weights(config, weights, copy=cfg.method == "full")
         if cfg.method == "lora":
             apply_lora(self.model, cfg.lora, seed=cfg.seed)

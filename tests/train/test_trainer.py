@@ -130,3 +130,18 @@ def test_interrupted_checkpoint_is_never_used(tmp_path):
     with pytest.raises(Exception, match="already exists"):
         save_checkpoint(trainer, tmp_path / "ckpt-1")
     assert sorted(os.listdir(tmp_path)) == [".tmp-ckpt-2-x", "ckpt-1"]
+
+
+def test_a_checkpoint_of_other_data_or_config_is_refused(tmp_path):
+    model_cfg = tiny_llama_config()
+    trainer = _make(model_cfg, "lora")
+    trainer.step()
+    save_checkpoint(trainer, tmp_path / "ckpt")
+    other_data = Trainer(
+        model_cfg, tiny_weights(model_cfg), random_examples(30, 97, seed=9), _cfg("lora")
+    )
+    with pytest.raises(InvalidRequest, match="different dataset"):
+        load_checkpoint(other_data, tmp_path / "ckpt")
+    with pytest.raises(InvalidRequest, match="different training config"):
+        load_checkpoint(_make(model_cfg, "lora", seed=4), tmp_path / "ckpt")
+    assert other_data.step_idx == 0
