@@ -29,7 +29,7 @@ from llmos.api.os import models as os_models
 from llmos.config import Settings
 from llmos.kernel.residency import ServedEngine
 from llmos.monitor.events import EventKind
-from llmos.system import build_serving
+from llmos.system import build_serving, start_residency
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.loop.start()
+        await asyncio.to_thread(start_residency, ctx.residency, ctx.settings)
         ctx.events.record(
             EventKind.SERVER_STARTED,
             message=f"llmos {llmos.__version__} started (pid {os.getpid()}), serving "
