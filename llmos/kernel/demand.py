@@ -6,20 +6,20 @@ here does I/O on its own. `flush` hands the windows counted since the last flush
 keeps the history. Windows are aligned to the epoch (`window_idx = t // window_s`); a window no
 request touched counts as 0.
 
-The forecast of the next window, for requests and tokens alike (docs/design/preload.md), is an
-additive seasonal model in its simplest form:
+The forecast of the next window, for requests and tokens alike (docs/design/preload.md), is a
+multiplicative seasonal model in its simplest form:
 
-    forecast = usual(next) + (today - usual_today), at least 0
-    usual(i)    = the mean count of window i's time of day over the last `d` days of history
-                  (d = whole days the history covers, at most `history_days`)
-    today       = EWMA (weight `alpha`) of the counts of the recent completed windows
+    forecast = usual(next) * (today + 1) / (usual_today + 1)
+    usual(i)    = the mean count of window i's time of day over the last `d` days of the model's
+                  history (d = whole days it covers, at most `history_days`)
+    today       = EWMA (weight `alpha`) of the model's counts in the recent completed windows
     usual_today = the same EWMA over usual() of those windows
 
-"What this time of day usually brings next, corrected by how much today has differed from
-usual lately." With under a day of history (d = 0) the forecast is the EWMA level of the recent
-windows, the current one included as it stands so far (recency). A model used every morning is
-thus predicted before its first request, and one whose hours are over is predicted idle even
-while its level is still high.
+"What this time of day usually brings next, scaled by how busy today has been against usual"
+(the +1 keeps the scale near 1 when both are small). With under a day of history (d = 0) the
+forecast is the EWMA level of the recent windows, the current one included as it stands so far
+(recency). A model used every morning is thus predicted before its first request, and one whose
+hours are over is predicted idle even while it was busy a moment ago.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class DemandHistory:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[int, _Counts]] = {}
         self._dirty: set[tuple[str, int]] = set()
-        self._since_idx = self._idx(clock())  # the first window the history covers
+        self._first_idx: dict[str, int] = {}  # each model's first window in the history
 
     def _idx(self, t_s: float) -> int:
         return math.floor(t_s / self.window_s)
@@ -118,7 +118,7 @@ class DemandHistory:
             c.num_requests += num_requests
             c.num_tokens += num_tokens
             self._dirty.add((model, idx))
-            self._since_idx = min(self._since_idx, idx)
+            self._first_idx[model] = min(self._first_idx.get(model, idx), idx)
 
     # ---- persistence (the planner thread) ---------------------------------------------------
 
@@ -135,7 +135,7 @@ class DemandHistory:
                 # What was counted since start (not yet flushed) adds to what was stored.
                 c.num_requests += num_requests
                 c.num_tokens += num_tokens
-                self._since_idx = min(self._since_idx, idx)
+                self._first_idx[model] = min(self._first_idx.get(model, idx), idx)
         return len(rows)
 
     def flush(self) -> int:
@@ -186,37 +186,41 @@ class DemandHistory:
         idx = self._idx(now_s)
         with self._lock:
             counts = dict(self._counts.get(model, {}))
-            since_idx = self._since_idx
-        # Windows before the history began are unknown, not idle: the EWMA starts after them.
-        recent = range(max(idx - LEVEL_WINDOWS + 1, min(since_idx, idx)), idx + 1)
+            first_idx = self._first_idx.get(model, idx)
+        # Windows before the model's history began are unknown, not idle.
+        recent = range(max(idx - LEVEL_WINDOWS + 1, min(first_idx, idx)), idx + 1)
         zero = _Counts()
         level_r = _ewma([float(counts.get(i, zero).num_requests) for i in recent], self.alpha)
         level_t = _ewma([float(counts.get(i, zero).num_tokens) for i in recent], self.alpha)
         # Whole days behind the next window: its same slot on day k ago must be in the history.
-        num_days = min(self.history_days, (idx + 1 - since_idx) // self.windows_per_day)
+        num_days = min(self.history_days, (idx + 1 - first_idx) // self.windows_per_day)
         if num_days == 0:
             return Forecast(model, level_r, level_t, level_r, None, 0, self.window_s)
-        # Today against usual over the completed recent windows (a partial window would be
-        # compared with a guess of how much of its usual demand has arrived so far).
-        done = range(recent.start, idx)
+        # Today against usual over the recent completed windows that have a day behind them
+        # (the current one is partial).
+        done = range(max(recent.start, first_idx + self.windows_per_day), idx)
+        base = [self._usual(counts, i, first_idx) for i in done]
+        nxt = self._usual(counts, idx + 1, first_idx)
         today_r = _ewma([float(counts.get(i, zero).num_requests) for i in done], self.alpha)
+        usual_r = _ewma([u.num_requests for u in base], self.alpha)
         today_t = _ewma([float(counts.get(i, zero).num_tokens) for i in done], self.alpha)
-        base = [self._usual(counts, i, num_days) for i in done]
-        base_r = _ewma([u.num_requests for u in base], self.alpha)
-        base_t = _ewma([u.num_tokens for u in base], self.alpha)
-        nxt = self._usual(counts, idx + 1, num_days)
+        usual_t = _ewma([u.num_tokens for u in base], self.alpha)
         return Forecast(
             model,
-            max(0.0, nxt.num_requests + today_r - base_r),
-            max(0.0, nxt.num_tokens + today_t - base_t),
+            nxt.num_requests * (today_r + 1) / (usual_r + 1),
+            nxt.num_tokens * (today_t + 1) / (usual_t + 1),
             level_r,
             nxt.num_requests,
             num_days,
             self.window_s,
         )
 
-    def _usual(self, counts: dict[int, _Counts], idx: int, num_days: int) -> _Usual:
-        """The mean counts of window `idx`'s time of day over the last `num_days` days."""
+    def _usual(self, counts: dict[int, _Counts], idx: int, first_idx: int) -> _Usual:
+        """The mean counts of window `idx`'s time of day over the days before it that the
+        model's history covers (at most `history_days`)."""
+        num_days = min(self.history_days, (idx - first_idx) // self.windows_per_day)
+        if num_days <= 0:
+            return _Usual(0.0, 0.0)
         same = [counts.get(idx - k * self.windows_per_day) for k in range(1, num_days + 1)]
         r = sum(c.num_requests for c in same if c is not None) / num_days
         t = sum(c.num_tokens for c in same if c is not None) / num_days

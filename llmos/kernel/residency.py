@@ -611,7 +611,12 @@ class Residency:
         extra: dict[str, int] = {}
         now_s = self.clock()
         for mid in sorted(wanted):
-            if forecasts[mid].requests < self.preload_min_requests and mid not in self._pinned:
+            f = forecasts[mid]
+            # Preloading needs a day of the model's history: on recency alone it would only
+            # bring back what was just unloaded for another model.
+            if (
+                f.requests < self.preload_min_requests or not f.num_days
+            ) and mid not in self._pinned:
                 continue
             if now_s - self._preload_failed_s.get(mid, -math.inf) < self.demand.window_s:
                 continue

@@ -83,21 +83,32 @@ def test_a_daily_pattern_is_predicted_before_its_first_request() -> None:
     assert f.level_requests > 15 and f.requests < 0.5  # next window: usually idle
 
 
-def test_a_busier_day_than_usual_raises_the_forecast_by_the_difference() -> None:
+def test_a_busier_day_than_usual_scales_the_forecast() -> None:
     clock = Clock(0.0)
     h = history(clock)
-    for day in range(3):  # three days with 12 requests in windows 5 and 6
-        for idx in (5, 6):
+    for day in range(3):  # three days with 12 requests in windows 5, 6 and 7
+        for idx in (5, 6, 7):
             h.record("a", num_requests=12, now_s=day * DAY + idx * W + 1)
-    for idx in (5, 6):  # today 30 instead
+    clock.t_s = 3 * DAY + 4 * W + W - 1  # end of window 4 today: as usual so far
+    assert h.forecast("a").requests == pytest.approx(12, rel=1e-3)
+    for idx in (5, 6):  # today 30 instead of 12
         h.record("a", num_requests=30, now_s=3 * DAY + idx * W + 1)
-    clock.t_s = 3 * DAY + 6 * W + W - 1  # the end of window 6; the next (7) is usually idle
+    clock.t_s = 3 * DAY + 6 * W + W - 1  # end of window 6; completed: window 5 (30 vs 12)
     f = h.forecast("a")
-    assert f.num_days == 3 and f.seasonal_requests == 0
-    # The surplus of the last completed window (5), weighted by alpha, carries over.
-    assert f.requests == pytest.approx(0.5 * (30 - 12))
-    clock.t_s = 3 * DAY + 4 * W + W - 1  # end of window 4: as usual so far, usually 12 next
-    assert h.forecast("a").requests == pytest.approx(12)
+    assert f.num_days == 3 and f.seasonal_requests == 12
+    # today = 0.5 * 30, usual today = 0.5 * 12 (alpha 0.5 after idle windows): 12 * 16 / 7
+    assert f.requests == pytest.approx(12 * 16 / 7, rel=1e-3)
+
+
+def test_a_new_model_is_forecast_from_its_own_history_only() -> None:
+    clock = Clock(0.0)
+    h = history(clock)
+    h.record("old", num_requests=5, now_s=0.0)
+    clock.t_s = 3 * DAY
+    h.record("new", num_requests=9)  # first used today: no day of its own history yet
+    f = h.forecast("new")
+    assert f.num_days == 0 and f.seasonal_requests is None and f.requests == 9
+    assert h.forecast("old").num_days == 3
 
 
 def test_history_survives_a_restart_through_the_store() -> None:
@@ -151,13 +162,14 @@ def test_a_failing_store_keeps_the_windows_for_the_next_flush() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    counts=st.lists(st.integers(0, 50), min_size=1, max_size=80),
-    now_idx=st.integers(0, 100),
+    rate=st.integers(0, 50),
+    num_days=st.integers(1, 4),
+    hour=st.integers(0, 23),
 )
-def test_the_forecast_is_bounded_by_the_counts_it_saw(counts: list[int], now_idx: int) -> None:
-    """Each part is a weighted mean of observed counts: the forecast is within twice them."""
+def test_steady_demand_is_forecast_as_it_is(rate: int, num_days: int, hour: int) -> None:
+    """The same count in every window, for days: the forecast is that count, at any hour."""
     h = history(Clock(0.0))
-    for idx, n in enumerate(counts):
-        h.record("a", num_requests=n, now_s=idx * W)
-    f = h.forecast("a", now_s=now_idx * W)
-    assert 0.0 <= f.requests <= 2 * max(counts) + 1e-9
+    for idx in range(num_days * 24 + hour + 1):
+        h.record("a", num_requests=rate, now_s=idx * W)
+    f = h.forecast("a", now_s=(num_days * 24 + hour) * W + W / 2)
+    assert f.num_days >= num_days and f.requests == pytest.approx(rate, abs=1e-6)
