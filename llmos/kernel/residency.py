@@ -169,7 +169,7 @@ class Residency:
         self.reserved: set[str] = set()
         self._planner: threading.Thread | None = None
         self._planner_stop = threading.Event()
-        self.num_loads_on_demand = 0  # loads a request had to wait for (cold loads)
+        self.num_loads_on_demand = 0  # loads a request started and waited for (cold loads)
         self.num_preloads = 0  # loads started by the forecast
         self._preload_failed_s: dict[str, float] = {}  # not retried within a demand window
         # Engines of models the source cannot load again (a start model from a path), kept
@@ -276,9 +276,10 @@ class Residency:
 
     # ---- loading and unloading ---------------------------------------------------------------
 
-    def request(self, model_id: str) -> Future[ServedEngine]:
+    def request(self, model_id: str, *, is_cold: bool = True) -> Future[ServedEngine]:
         """A future that completes once `model_id` is resident: already done, shared with a
-        load in progress, or a new load queued on the loader thread."""
+        load in progress, or a new load queued on the loader thread (counted as a cold load
+        unless `is_cold=False`: a pin's load)."""
         self.supervisor.check_available(model_id)
         with self._lock:
             r = self._resident.get(model_id)
@@ -288,7 +289,7 @@ class Residency:
                 return done
             pending = self._loading.get(model_id)
             if pending is None:
-                self.num_loads_on_demand += 1
+                self.num_loads_on_demand += is_cold
                 pending = self._loader.submit(self._load, model_id)
                 self._loading[model_id] = pending
             return pending
@@ -425,9 +426,10 @@ class Residency:
         returns the load's future. Conflict, with the numbers, when the pinned models would
         not all fit `max_resident` or the memory budget."""
         with self._lock:
-            if model_id in self._pinned:
-                return self.request(model_id)
+            is_pinned = model_id in self._pinned
             pins = sorted(self._pinned | {model_id})
+        if is_pinned:
+            return self._load_pinned(model_id)
         if len(pins) > self.max_resident:
             raise Conflict(
                 f"Cannot pin {model_id}: {len(pins)} pinned models ({', '.join(pins)}) would "
@@ -507,7 +509,7 @@ class Residency:
     def _load_pinned(self, model_id: str) -> Future[ServedEngine]:
         """Load a pinned model; its failure is kept as the pin's note (and reported)."""
         try:
-            future = self.request(model_id)
+            future = self.request(model_id, is_cold=False)
         except LlmosError as exc:
             self._pin_failed(model_id, exc)
             failed: Future[ServedEngine] = Future()

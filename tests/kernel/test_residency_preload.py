@@ -121,6 +121,8 @@ def test_a_pinned_model_is_never_unloaded_to_make_room(  # type: ignore[no-untyp
     residency = build(loop, TinySource(tokenizer), db, events, wall=Clock(), mono=mono)
     try:
         residency.pin_model("a").result(60)
+        assert residency.pin_model("a").result(60) is not None  # pinning again is a no-op
+        assert residency.pinned == ["a"] and residency.num_loads_on_demand == 0
         for name in ("b", "c", "b", "c"):  # a is the least recently used each time
             mono.t_s += 10
             residency.load(name)
