@@ -25,6 +25,7 @@ from llmos.monitor.events import Event
 from llmos.storage.db import Database
 from llmos.storage.demand import DemandTable
 from tests.kernel.test_residency import Sink, TinySource, _submit
+from tests.serving import wait_until
 
 W = 60.0  # demand window
 DAY = 24 * W  # a compressed day
@@ -301,5 +302,40 @@ def test_a_preload_replaces_an_idle_model_but_never_a_busy_one(  # type: ignore[
         gone = evictions(events)[-1]
         assert gone.model == "a" and gone.details["reason"] == "preload"
         assert gone.details["for_model"] == "b" and "preloaded" in gone.message
+    finally:
+        residency.close()
+
+
+def test_a_pinned_model_that_cannot_be_loaded_at_start_is_explained(  # type: ignore[no-untyped-def]
+    loop: EngineLoop, tokenizer, db: Database, events: EventLog
+) -> None:
+    table = DemandTable(db)
+    table.save_pin("gone", True)  # removed from the registry while the server was down
+    table.save_pin("b", True)
+    source = SizedSource(tokenizer, load_mib=64)
+    residency = build(
+        loop, source, db, events, wall=Clock(), mono=Clock(), max_resident=2, budget=64 * MIB
+    )
+    try:
+        a = residency.load("a")  # resident and busy: b's load cannot make room
+        sink = Sink()
+        pid = _submit(loop, a, sink, max_tokens=4000)
+        assert residency.restore_pins() == ["b", "gone"]
+        assert wait_until(
+            lambda: {i.model: i.note for i in residency.report()}.get("b") is not None
+        )
+        info = {i.model: i for i in residency.report()}
+        assert (
+            info["gone"].state == "not_loaded"
+            and info["gone"].note == "not in the registry any more"
+        )
+        assert info["b"].state == "not_loaded" and info["b"].is_pinned
+        assert "needs about 64 MiB" in str(info["b"].note) and "busy" in str(info["b"].note)
+        assert events.flush()
+        failed = events.read(kind="model_load_failed", limit=10).events
+        assert {e.model for e in failed} == {"b", "gone"}
+        assert all(e.message.startswith("pinned model") for e in failed)
+        loop.kill(pid)
+        sink.wait([pid])
     finally:
         residency.close()
