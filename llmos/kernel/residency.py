@@ -111,6 +111,7 @@ class _Resident:
     num_pins: int = 0  # requests being admitted that hold it (not admin pins: `_pinned`)
     num_bytes: int = 0  # measured after loading (weights + KV pool + swap area)
     is_preloaded: bool = False  # loaded by forecast demand, not yet used by a request
+    is_used: bool = False  # a request used it since it was loaded (`last_used_s` is its time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,7 @@ class ResidencyInfo:
     num_live: int  # live processes
     predicted_requests: float  # forecast for the next demand window
     predicted_tokens: float
-    idle_s: float | None  # seconds since a request last used it (None: never)
+    idle_s: float | None  # seconds since a request last used it (None: none since its load)
     is_pinned: bool
     note: str | None = None  # why a pinned model is not resident
 
@@ -266,6 +267,7 @@ class Residency:
             r.num_pins += 1
             r.last_used_s = self.clock()
             r.is_preloaded = False
+            r.is_used = True
             return r.engine
 
     def release(self, model_id: str) -> None:
@@ -689,7 +691,7 @@ class Residency:
             r = resident.get(mid)
             f = forecasts[mid]
             num_live = self.loop.num_live_of(mid) if r is not None else 0
-            idle_s = now_s - r.last_used_s if r is not None else None
+            idle_s = now_s - r.last_used_s if r is not None and r.is_used else None
             state = "resident" if r is not None else "loading" if mid in loading else "not_loaded"
             reasons, words = self._reasons(mid, r, state, f, num_live, idle_s, pinned)
             out.append(
