@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -105,6 +106,17 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         return dict(self._get("/os/stats"))
+
+    def residency(self) -> dict[str, Any]:
+        """Why each model is resident (`data`), with the memory figures."""
+        return dict(self._get("/os/residency"))
+
+    def pin(self, model: str) -> dict[str, Any]:
+        """Pin a model resident (waits for its load); `note` says why if it is not loaded."""
+        return dict(self._request("POST", f"/os/models/{quote(model, safe='')}/pin"))
+
+    def unpin(self, model: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/os/models/{quote(model, safe='')}/pin"))
 
     def events(
         self,

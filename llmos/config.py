@@ -111,7 +111,8 @@ class KernelConfig(BaseModel):
         ge=1,
         le=64,
         description="Most models resident at once (each with its own KV pool); loading another "
-        "unloads the least recently used idle one.",
+        "unloads the idle one with the lowest predicted demand, then the least recently used "
+        "(never a pinned one).",
     )
     watchdog_timeout_s: float = Field(
         60.0,
@@ -151,6 +152,42 @@ class KernelConfig(BaseModel):
         ge=0,
         description="Host memory the resident models may use together (weights + KV pool + "
         "swap); 0 = 80% of physical RAM (or of the cgroup memory limit, if lower).",
+    )
+    demand_window_s: float = Field(
+        300.0,
+        ge=1,
+        le=86_400,
+        description="Length of a demand window: requests and tokens per model are counted per "
+        "window, kept in the database, and the next window's demand is forecast.",
+    )
+    demand_alpha: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="EWMA weight of the newest window in the demand forecast's recent level.",
+    )
+    demand_history_days: int = Field(
+        7,
+        ge=1,
+        le=90,
+        description="Days of demand history kept and averaged for the forecast's time-of-day part.",
+    )
+    preload: bool = Field(
+        True,
+        description="Load models the forecast predicts will be needed in the next demand "
+        "window, into free memory or in place of idle models predicted to be needed less.",
+    )
+    preload_min_requests: float = Field(
+        1.0,
+        ge=0,
+        description="Predicted requests in the next window at which a model counts as needed "
+        "(preloaded, and kept before models below it).",
+    )
+    preload_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often the residency planner saves the demand history and considers a "
+        "preload (0 = never: no preloading; demand is saved at stop).",
     )
 
     def memory_budget(self, total_ram_bytes: int | None = None) -> int:

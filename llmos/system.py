@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from llmos.kernel.residency import Residency, ServedEngine
     from llmos.monitor.eventlog import EventLog
     from llmos.monitor.metrics import Metrics
+    from llmos.storage.demand import DemandTable
     from llmos.storage.registry import Registry
     from llmos.storage.store import Storage
 
@@ -198,6 +199,44 @@ class RegistrySource:
         )
 
 
+class DemandStoreOf:
+    """The residency manager's demand history and pins in the data dir's database (opened on
+    first use, through the registry's storage); the kernel's `DemandStore` and `PinStore`."""
+
+    def __init__(self, source: RegistrySource) -> None:
+        self.source = source
+
+    @property
+    def table(self) -> DemandTable:
+        from llmos.storage.demand import DemandTable
+
+        return DemandTable(self.source.registry.storage.db)
+
+    def load_demand(self, since_s: float) -> list[tuple[str, float, int, int]]:
+        return self.table.load_demand(since_s)
+
+    def save_demand(self, rows: list[tuple[str, float, int, int]], *, keep_since_s: float) -> None:
+        self.table.save_demand(rows, keep_since_s=keep_since_s)
+
+    def load_pins(self) -> list[str]:
+        return self.table.load_pins()
+
+    def save_pin(self, model_id: str, is_pinned: bool) -> None:
+        self.table.save_pin(model_id, is_pinned)
+
+
+def start_residency(residency: Residency, settings: Settings) -> None:
+    """Once the engine loop runs: read the demand history back, load the pinned models (on
+    the loader thread), and start the planner that saves demand and preloads. A database that
+    cannot be read leaves the server serving, without history or pins (logged)."""
+    try:
+        residency.demand.load()
+        residency.restore_pins()
+    except Exception:
+        logger.exception("demand history and pins could not be read; starting without them")
+    residency.start_planner(settings.kernel.preload_interval_s)
+
+
 @dataclass
 class ServingSystem:
     """What a server runs: the engine driver, the resident models and where they come from."""
@@ -222,6 +261,7 @@ def build_serving(
     """The driver and residency around `engine`, the model resident from the start (its id is
     the default model); any other registry model is loaded on demand. `pids` is the counter
     `engine` draws its pids from (engines loaded later share it, so a pid names one process)."""
+    from llmos.kernel.demand import DemandHistory
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.residency import Residency
     from llmos.kernel.supervisor import Supervisor, SupervisorPolicy
@@ -259,6 +299,13 @@ def build_serving(
         threshold=monitor.preemption_storm_threshold,
         window_s=monitor.preemption_storm_window_s,
     )
+    store = DemandStoreOf(source)
+    demand = DemandHistory(
+        window_s=k.demand_window_s,
+        alpha=k.demand_alpha,
+        history_days=k.demand_history_days,
+        store=store,
+    )
     residency = Residency(
         loop,
         source,
@@ -266,6 +313,10 @@ def build_serving(
         events=events,
         supervisor=supervisor,
         memory_budget_bytes=k.memory_budget(),
+        demand=demand,
+        pins=store,
+        preload_min_requests=k.preload_min_requests,
+        is_preloading=k.preload and k.preload_interval_s > 0,
     )
     names = {a for a in aliases if a} | {settings.api.model}
     # A start model read from a path (or a package outside the registry) cannot be reloaded by

@@ -24,12 +24,12 @@ from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.openapi import install_openapi
-from llmos.api.os import events, probes, processes, security, stats
+from llmos.api.os import events, probes, processes, residency, security, stats
 from llmos.api.os import models as os_models
 from llmos.config import Settings
 from llmos.kernel.residency import ServedEngine
 from llmos.monitor.events import EventKind
-from llmos.system import build_serving
+from llmos.system import build_serving, start_residency
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ ROUTERS = (
     security.router,
     os_models.router,
     events.router,
+    residency.router,
 )
 
 
@@ -72,6 +73,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.loop.start()
+        await asyncio.to_thread(start_residency, ctx.residency, ctx.settings)
         ctx.events.record(
             EventKind.SERVER_STARTED,
             message=f"llmos {llmos.__version__} started (pid {os.getpid()}), serving "

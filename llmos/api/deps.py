@@ -69,7 +69,9 @@ class ServerContext:
     @contextlib.asynccontextmanager
     async def use_model(self, model_id: str) -> AsyncIterator[ServedEngine]:
         """The engine of `model_id`, loaded first if need be (off the event loop), pinned
-        resident for the block: submit its processes inside, and they keep it resident."""
+        resident for the block: submit its processes inside, and they keep it resident. The
+        request counts toward the model's demand history (what preloading forecasts from)."""
+        self.residency.note_request(model_id)
         for _ in range(MAX_LOAD_ATTEMPTS):
             engine = self.residency.pin(model_id)
             if engine is not None:

@@ -1,4 +1,5 @@
-"""`llmos models ...`: import, list, show, tag, rm, verify, export and gc stored models.
+"""`llmos models ...`: import, list, show, tag, rm, verify, export and gc stored models; and,
+from `llmos.cli.residency`, ps, pin and unpin on a running server.
 
 Also holds what the storage command groups share: opening the data dir from the settings, the
 group that prints `error: ...` for an LlmosError, and a Rich progress bar on stderr.
@@ -24,7 +25,9 @@ from rich.progress import (
 from rich.table import Table
 from typer.core import TyperGroup
 
+from llmos.cli import residency
 from llmos.cli.common import LlmosGroup, console, err_console, safe_text
+from llmos.cli.residency import human_bytes
 from llmos.cli.settings import storage_config
 from llmos.errors import Conflict, InvalidRequest
 from llmos.storage.blobs import ProgressFn
@@ -69,16 +72,14 @@ def progress_bar(description: str) -> Iterator[ProgressFn]:
         yield update
 
 
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
-app = typer.Typer(cls=StorageGroup, no_args_is_help=True, help="Stored models (the registry).")
+app = typer.Typer(
+    cls=StorageGroup,
+    no_args_is_help=True,
+    help="Stored models (the registry), and what a server holds resident (ps, pin, unpin).",
+)
+app.command("ps")(residency.ps)
+app.command("pin")(residency.pin)
+app.command("unpin")(residency.unpin)
 
 
 @app.command("import")

@@ -147,6 +147,8 @@ class EngineLoop:
         self.watchdog_exit_s = watchdog_exit_s
         self.on_engine_failure: FailureHandler | None = None
         self.on_stall: Callable[[str, bool], None] | None = None  # (model, is_stalled)
+        # (model, output) for each process that finished, from the driver thread: must be quick
+        self.on_process_finished: Callable[[str, ProcessOutput], None] | None = None
         self.exit_process: Callable[[int], None] = os._exit  # tests may replace it
         # Engines added later must be built with `pids=loop.pids` (kill PID finds one engine).
         self.pids: Iterator[int] = pids if pids is not None else itertools.count(1)
@@ -537,6 +539,11 @@ class EngineLoop:
                 continue
             num_new_tokens += len(out.new_token_ids)
             _record(m, live, out, now_s)
+            if out.finished and self.on_process_finished is not None:
+                try:
+                    self.on_process_finished(engine.model_name, out)
+                except Exception:
+                    logger.exception("finished-process hook failed for pid %d", out.pid)
             try:
                 live.sink(out)
             except Exception:

@@ -26,6 +26,7 @@ class EventKind(enum.StrEnum):
     MODEL_LOADED = "model_loaded"
     MODEL_EVICTED = "model_evicted"  # details.reason: an EvictReason
     MODEL_LOAD_FAILED = "model_load_failed"
+    MODEL_PINNED = "model_pinned"  # details.pinned: true (pinned) or false (unpinned)
     ENGINE_FAILED = "engine_failed"  # a tick raised: the processes of its batch failed
     ENGINE_RESTARTED = "engine_restarted"
     ENGINE_STALLED = "engine_stalled"
@@ -62,6 +63,8 @@ class EvictReason(enum.StrEnum):
     IDLE = "idle"  # unused for longer than allowed
     MEMORY = "memory"  # to fit `details.for_model` into the memory budget
     UNLOAD = "unload"  # asked for (an admin removed or unloaded it)
+    DEMAND = "demand"  # lowest predicted demand (not the least recent), for `details.for_model`
+    PRELOAD = "preload"  # predicted to be needed less than `details.for_model`, being preloaded
 
 
 def format_duration_s(seconds: float) -> str:

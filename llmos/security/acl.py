@@ -110,6 +110,9 @@ ROUTE_PERMISSIONS: Final[dict[tuple[str, str], RouteRule]] = {
     ("POST", "/os/models/{name}/export"): Permission.MODELS_FILES,
     ("POST", "/os/models/{name}/verify"): Permission.MODELS_MANAGE,
     ("DELETE", "/os/models/{name}"): Permission.MODELS_MANAGE,
+    ("GET", "/os/residency"): Permission.STATS_READ,
+    ("POST", "/os/models/{name}/pin"): Permission.MODELS_MANAGE,
+    ("DELETE", "/os/models/{name}/pin"): Permission.MODELS_MANAGE,
 }
 
 

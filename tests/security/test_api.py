@@ -131,6 +131,9 @@ def _samples(model: str) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("POST", "/os/models/{name}/verify"): {"path": {"name": "no-such-model"}},
         ("DELETE", "/os/models/{name}"): {"path": {"name": "no-such-model"}},
+        ("GET", "/os/residency"): {},
+        ("POST", "/os/models/{name}/pin"): {"path": {"name": "no-such-model"}},
+        ("DELETE", "/os/models/{name}/pin"): {"path": {"name": "no-such-model"}},
     }
 
 

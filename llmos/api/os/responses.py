@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 
 from llmos.kernel.outputs import EngineStats
 from llmos.kernel.process import ProcessInfo
+from llmos.kernel.residency import ResidencyInfo
 from llmos.security.audit import AuditEntry
 from llmos.storage.manifest import FileRole, ModelFormat
 
@@ -205,3 +206,27 @@ class Removed(BaseModel):
     id: str
     deleted: Literal[True]
     unloaded: bool
+
+
+class ResidencyReport(BaseModel):
+    """GET /os/residency: why each model is resident, with the memory figures."""
+
+    object: Literal["list"]
+    data: list[ResidencyInfo] = Field(description="Pinned first, then by predicted demand.")
+    max_resident_models: int
+    memory_budget_bytes: int = Field(description="0: no budget.")
+    used_bytes: int = Field(description="Measured bytes of the resident models.")
+    demand_window_s: float
+    is_preloading: bool
+    preload_min_requests: float
+    num_loads_on_demand: int = Field(description="Loads a request waited for (cold loads).")
+    num_preloads: int = Field(description="Loads started by the demand forecast.")
+
+
+class Pinned(BaseModel):
+    """A pin or unpin: the model's id and whether it is resident now."""
+
+    model: str
+    pinned: bool
+    state: Literal["resident", "not_loaded"]
+    note: str | None = Field(description="Why a pinned model is not resident (it stays pinned).")
