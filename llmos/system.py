@@ -355,11 +355,19 @@ def open_predictor(settings: Settings) -> Predictor:
         on_close=history.close,
     )
 
+    try:  # what earlier runs stored; records of this run join the table as it serves
+        stored_upto: int | None = history.last_seq()
+    except Exception:
+        logger.exception("could not read the history table; the predictor starts cold")
+        stored_upto = None
+
     def restore() -> None:
+        if stored_upto is None:
+            return
         try:
             data = load_model(settings.storage)
             model = LengthModel.from_bytes(data) if data is not None else None
-            records = [HistoryRecord.from_dict(r) for r in history.recent()]
+            records = [HistoryRecord.from_dict(r) for r in history.recent(upto_seq=stored_upto)]
         except Exception:
             logger.exception("could not read the stored history; the predictor starts cold")
             return

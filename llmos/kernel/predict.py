@@ -321,10 +321,14 @@ class Predictor:
         self._maybe_fit()
 
     def seed(self, records: Iterable[HistoryRecord], model: LengthModel | None = None) -> None:
-        """Start from stored history (oldest first) and a saved model (a restart)."""
+        """Start from stored history (oldest first) and a saved model (a restart). Records
+        that arrived since the start stay the newest, and still count toward the next refit."""
         with self._lock:
+            since_start = list(self._records)
+            self._records.clear()
             self._records.extend(records)
-            self._num_new = 0 if model is not None else len(self._records)
+            self._records.extend(since_start)
+            self._num_new = len(since_start) if model is not None else len(self._records)
         if model is not None:
             self.model = model
         self._maybe_fit()

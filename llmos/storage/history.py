@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, delete, select
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from llmos.config import StorageConfig
@@ -98,9 +98,20 @@ class HistoryStore:
             if self.num_dropped == 1:
                 logger.warning("history queue full: dropping finished-process records")
 
-    def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The newest `limit` records (default `max_rows`), oldest first (blocking)."""
+    def last_seq(self) -> int:
+        """The seq of the newest stored record (0: none), e.g. to read only what an earlier run
+        stored while this one appends."""
+        with self.db.session() as s:
+            return int(s.scalar(select(func.max(HistoryRow.seq))) or 0)
+
+    def recent(
+        self, limit: int | None = None, *, upto_seq: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` records (default `max_rows`) with seq <= `upto_seq` (default: all),
+        oldest first (blocking)."""
         q = select(HistoryRow.record).order_by(HistoryRow.seq.desc()).limit(limit or self.max_rows)
+        if upto_seq is not None:
+            q = q.where(HistoryRow.seq <= upto_seq)
         with self.db.session() as s:
             rows = list(s.scalars(q))
         rows.reverse()
