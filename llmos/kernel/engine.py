@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from llmos.kernel.memory import BlockPool, cache_namespace
 from llmos.kernel.outputs import EngineStats, KernelTimes, ProcessOutput, TickFailed
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
+from llmos.kernel.reservation import Reservation
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Batch, Scheduler
@@ -99,6 +100,7 @@ class Engine:
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
             policy=kernel.policy,
+            model=model_name,
         )
         self.runner = ModelRunner(
             model, self.kv, device=kernel.device, pad_to=None if kernel.batch_invariant else []
@@ -191,6 +193,12 @@ class Engine:
             return False
         self._inbox.append(("renice", (pid, priority)))
         return True
+
+    def set_allotments(
+        self, shares: Mapping[str, float], reservations: Mapping[str, Reservation]
+    ) -> None:
+        """New fair-share weights and this model's reservations, from the next tick on."""
+        self._inbox.append(("allot", (dict(shares), dict(reservations))))
 
     def processes(self) -> list[ProcessInfo]:
         return self.table.snapshot()
@@ -294,6 +302,9 @@ class Engine:
                 proc = self.table.get(arg[0])
                 if proc is not None:
                     proc.priority = arg[1]
+            elif op == "allot":
+                self.scheduler.set_shares(arg[0])
+                self.scheduler.set_reservations(arg[1])
         return outputs
 
     def _append_token(

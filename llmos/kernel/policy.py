@@ -2,6 +2,9 @@
 
 A policy maps a process to a sort key; smaller keys run first and are preempted last. Stateful
 policies also hear of arrivals and of the tokens each process is served (`on_add`, `charge`).
+A policy may name the components of its key (`layers`), so the scheduler can say which layer
+holds a waiting process back (`holding_layer`); a policy with a `shares` dict takes per-owner
+weights from the system (`llmos users set-share`).
 
 `fair` is per-owner fair share inside each priority class: a virtual token counter per owner
 ("Fairness in Serving Large Language Models", Sheng et al., OSDI 2024, VTC) charged
@@ -33,8 +36,9 @@ class SchedulingPolicy(Protocol):
 class _Stateless:
     """A policy that is a pure function of the process."""
 
-    def __init__(self, key: Callable[[Process], Key]) -> None:
+    def __init__(self, key: Callable[[Process], Key], layers: tuple[str, ...]) -> None:
         self.key = key
+        self.layers = layers
 
     def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
         pass
@@ -55,6 +59,8 @@ def priority(proc: Process) -> Key:
 
 class FairShare:
     """Priority classes, then the owner's virtual token counter (VTC), then arrival."""
+
+    layers = ("priority", "fair-share", "queue")
 
     def __init__(
         self,
@@ -84,8 +90,18 @@ class FairShare:
         self.counters[proc.owner] = self.counters.get(proc.owner, 0.0) + cost / share
 
 
+def holding_layer(policy: SchedulingPolicy, ahead: Process, proc: Process) -> str:
+    """The layer of `policy`'s order that puts `ahead` before `proc`: the name of the first key
+    component where they differ ("queue" when unnamed or equal)."""
+    names: tuple[str, ...] = getattr(policy, "layers", ())
+    for i, (a, b) in enumerate(zip(policy.key(ahead), policy.key(proc), strict=False)):
+        if a != b:
+            return names[i] if i < len(names) else "queue"
+    return "queue"
+
+
 POLICIES: dict[str, Callable[[], SchedulingPolicy]] = {
-    "fcfs": lambda: _Stateless(fcfs),
-    "priority": lambda: _Stateless(priority),
+    "fcfs": lambda: _Stateless(fcfs, ("queue",)),
+    "priority": lambda: _Stateless(priority, ("priority", "queue")),
     "fair": FairShare,
 }

@@ -102,6 +102,9 @@ class Process:
     preempted_before_first_token_s: float = 0.0
     is_swapped: bool = False  # its KV lives in the swap area, not the pool
     seq_no: int = 0  # admission order (FCFS tie-break), set by the scheduler
+    # Why it did not run at the last tick it was passed over (the scheduler's words: "memory",
+    # "slots", "token-budget", "reserved", "preempted", or the policy layer ahead of it).
+    wait_reason: str | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -145,6 +148,8 @@ class ProcessInfo:
     arrival_s: float
     first_token_s: float | None
     finished_s: float | None
+    wait_reason: str | None  # why it is not running (None while running or before its first tick)
+    is_swapped: bool  # preempted with its KV in the swap area
 
     @classmethod
     def of(cls, p: Process) -> ProcessInfo:
@@ -161,6 +166,8 @@ class ProcessInfo:
             arrival_s=p.arrival_s,
             first_token_s=p.first_token_s,
             finished_s=p.finished_s,
+            wait_reason=None if p.state is ProcessState.RUNNING else p.wait_reason,
+            is_swapped=p.is_swapped,
         )
 
 
