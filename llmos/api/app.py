@@ -72,6 +72,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.loop.start()
+        if ctx.allotments is not None:
+            ctx.allotments.start()
         ctx.events.record(
             EventKind.SERVER_STARTED,
             message=f"llmos {llmos.__version__} started (pid {os.getpid()}), serving "
@@ -87,6 +89,8 @@ def create_app(
                 message=f"server stopping ({ctx.loop.num_live} live processes)",
                 num_live=ctx.loop.num_live,
             )
+            if ctx.allotments is not None:
+                await asyncio.to_thread(ctx.allotments.stop)
             await asyncio.to_thread(ctx.loop.stop)
             ctx.residency.close()
             if ctx.guard is not None:
@@ -132,4 +136,5 @@ def build_context(
         metrics=system.metrics,
         default_model=system.default_model,
         events=system.events,
+        allotments=system.allotments,
     )

@@ -49,6 +49,14 @@ def set_compute_threads(num_threads: int) -> None:
         torch.set_num_threads(n)
 
 
+def num_pool_blocks(config: Any, memory: MemoryConfig) -> int:
+    """KV blocks in the pool of a model with `config` (a ModelConfig) under `memory`."""
+    block_bytes = KVCache.bytes_per_block(
+        config.num_layers, memory.block_size, config.num_kv_heads, config.head_dim
+    )
+    return max(1, memory.kv_cache_bytes // block_bytes)
+
+
 class Engine:
     """A kernel running one resident model: process table, scheduler, KV pool, runner."""
 
@@ -79,7 +87,7 @@ class Engine:
         block_bytes = KVCache.bytes_per_block(
             c.num_layers, memory.block_size, c.num_kv_heads, c.head_dim
         )
-        num_blocks = max(1, memory.kv_cache_bytes // block_bytes)
+        num_blocks = num_pool_blocks(c, memory)
         num_swap = memory.swap_bytes // block_bytes
         self.kv = KVCache(
             c.num_layers,
