@@ -24,7 +24,7 @@ from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.openapi import install_openapi
-from llmos.api.os import events, probes, processes, security, stats
+from llmos.api.os import events, probes, processes, reservations, security, stats
 from llmos.api.os import models as os_models
 from llmos.config import Settings
 from llmos.kernel.residency import ServedEngine
@@ -42,6 +42,7 @@ ROUTERS = (
     stats.router,
     probes.router,
     security.router,
+    reservations.router,
     os_models.router,
     events.router,
 )

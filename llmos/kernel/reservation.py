@@ -9,7 +9,7 @@ outstanding reserves of every other active owner, and the free slots cover their
 slots. Feasibility (checked when a reservation is made, and again when a pool receives them):
 the reservations of one model sum to at most its pool and its `max_num_seqs`.
 
-See docs/design/scheduling.md.
+See docs/design/reservations.md.
 """
 
 from __future__ import annotations
