@@ -189,6 +189,13 @@ class KernelConfig(BaseModel):
         description="How often the residency planner saves the demand history and considers a "
         "preload (0 = never: no preloading; demand is saved at stop).",
     )
+    allotments_refresh_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often a server re-reads reservations and fair-share weights from the "
+        "database, so `llmos users reserve|unreserve|set-share` reach it without a restart "
+        "(the admin API applies its own changes at once); 0 = only at start and on API changes.",
+    )
 
     def memory_budget(self, total_ram_bytes: int | None = None) -> int:
         """The memory budget in bytes: `memory_budget_bytes`, or when that is 0 the default

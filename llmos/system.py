@@ -25,12 +25,16 @@ if TYPE_CHECKING:
     from llmos.kernel.engine import Engine
     from llmos.kernel.loop import EngineLoop
     from llmos.kernel.predict import Predictor
+    from llmos.kernel.reservation import Allotments
     from llmos.kernel.residency import Residency, ServedEngine
     from llmos.monitor.eventlog import EventLog
     from llmos.monitor.metrics import Metrics
+    from llmos.storage.db import Database
     from llmos.storage.demand import DemandTable
     from llmos.storage.registry import Registry
     from llmos.storage.store import Storage
+
+logger = logging.getLogger(__name__)
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -106,6 +110,29 @@ def load_engine(
         profile=profile if profile is not None else stored_profile,
         predictor=predictor,
     )
+
+
+def model_capacity(model: str, settings: Settings) -> tuple[str, int, int]:
+    """(id, KV blocks in its pool, running slots) of a registry model under `settings`, from
+    its stored config (no weight is read); NotFound for a model the registry does not hold."""
+    from llmos.errors import NotFound
+    from llmos.kernel.engine import num_pool_blocks
+    from llmos.models.loader import DEFAULT_MODEL, config_from_hf, read_config
+    from llmos.storage.names import ModelRef, display_id
+    from llmos.storage.registry import Registry, ensure_default_model
+
+    ref = ModelRef.parse(model)
+    registry = Registry(open_storage(settings))
+    if model == DEFAULT_MODEL:
+        ensure_default_model(registry)
+    if not registry.exists(ref):
+        raise NotFound(f"model {model} not found", hint="see `llmos models list`")
+    manifest = registry.show(model)
+    if manifest.format == "gguf":
+        config = read_config(registry.storage.blobs.path(manifest.main_file.digest))
+    else:
+        config = config_from_hf(manifest.config)
+    return display_id(ref), num_pool_blocks(config, settings.memory), settings.kernel.max_num_seqs
 
 
 def profile_of(registry: Registry, name: str) -> dict[str, Any]:
@@ -237,6 +264,65 @@ def start_residency(residency: Residency, settings: Settings) -> None:
     residency.start_planner(settings.kernel.preload_interval_s)
 
 
+class AllotmentSync:
+    """Keeps the kernel's fair-share weights and reservations equal to the database's: read
+    when started, after each change through the admin API, and every `interval_s` (so a change
+    the CLI writes to the same database reaches a running server without a restart)."""
+
+    def __init__(self, loop: EngineLoop, settings: Settings) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.interval_s = settings.kernel.allotments_refresh_s
+        self._db: Database | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def refresh(self) -> Allotments:
+        """Read the database and hand the engines what changed; returns what they now hold."""
+        from llmos.security.reservations import Reservations
+        from llmos.storage.db import Database
+
+        with self._lock:
+            if self._db is None:
+                self._db = Database(self.settings.storage)
+            allotments = Reservations(self._db).allotments()
+            if allotments != self.loop.allotments:
+                self.loop.set_allotments(allotments)
+                logger.info(
+                    "allotments: %d shares, reservations on %d models",
+                    len(allotments.shares),
+                    len(allotments.reservations),
+                )
+            return allotments
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="llmos-allotments", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        with self._lock:
+            if self._db is not None:
+                self._db.dispose()
+                self._db = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+                self._failing = False
+            except Exception as e:  # a database hiccup must not stop the server; retry later
+                if not self._failing:
+                    logger.warning("cannot read reservations and shares: %s", e)
+                self._failing = True
+            if self.interval_s <= 0 or self._stop.wait(self.interval_s):
+                return
+
+
 @dataclass
 class ServingSystem:
     """What a server runs: the engine driver, the resident models and where they come from."""
@@ -248,6 +334,7 @@ class ServingSystem:
     metrics: Metrics
     default_model: str  # the id of the model the server started with
     events: EventLog  # what happened (loads, evictions, failures, refusals), persisted
+    allotments: AllotmentSync  # shares and reservations from the database into the kernel
     predictor: Predictor | None = None  # output lengths learned from the history table
 
 
@@ -331,6 +418,7 @@ def build_serving(
         metrics,
         engine.model_name,
         events=events,
+        allotments=AllotmentSync(loop, settings),
         predictor=loop.predictor,
     )
 

@@ -24,7 +24,7 @@ from llmos.api.errors import register_error_handlers
 from llmos.api.middleware import BodyLimitMiddleware
 from llmos.api.openai import chat, completions, models, tokenizer
 from llmos.api.openapi import install_openapi
-from llmos.api.os import events, probes, processes, residency, security, stats
+from llmos.api.os import events, probes, processes, reservations, residency, security, stats
 from llmos.api.os import models as os_models
 from llmos.config import Settings
 from llmos.kernel.residency import ServedEngine
@@ -42,6 +42,7 @@ ROUTERS = (
     stats.router,
     probes.router,
     security.router,
+    reservations.router,
     os_models.router,
     events.router,
     residency.router,
@@ -74,6 +75,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.loop.start()
         await asyncio.to_thread(start_residency, ctx.residency, ctx.settings)
+        if ctx.allotments is not None:
+            ctx.allotments.start()
         ctx.events.record(
             EventKind.SERVER_STARTED,
             message=f"llmos {llmos.__version__} started (pid {os.getpid()}), serving "
@@ -89,6 +92,8 @@ def create_app(
                 message=f"server stopping ({ctx.loop.num_live} live processes)",
                 num_live=ctx.loop.num_live,
             )
+            if ctx.allotments is not None:
+                await asyncio.to_thread(ctx.allotments.stop)
             await asyncio.to_thread(ctx.loop.stop)
             ctx.residency.close()
             if ctx.guard is not None:
@@ -134,4 +139,5 @@ def build_context(
         metrics=system.metrics,
         default_model=system.default_model,
         events=system.events,
+        allotments=system.allotments,
     )

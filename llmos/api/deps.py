@@ -45,6 +45,7 @@ class ServerContext:
     events: EventLog  # the persisted event log (GET /os/events)
     started_s: float = field(default_factory=time.time)
     guard: Any = None  # llmos.security.guard.Guard with `auth keys`; None with `auth none`
+    allotments: Any = None  # llmos.system.AllotmentSync: shares and reservations into the kernel
 
     @property
     def registry(self) -> Registry:

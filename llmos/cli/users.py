@@ -1,4 +1,5 @@
-"""`llmos users ...`: add, list, disable/enable, set-quota, set-role, grant/revoke models.
+"""`llmos users ...`: add, list, disable/enable, set-quota, set-role, grant/revoke models,
+set-share (fair-share weight), reserve/unreserve/reservations (guaranteed KV blocks and slots).
 
 Every command needs a key whose role may manage users (admin) and is written to the audit log.
 """
@@ -17,6 +18,7 @@ from llmos.cli.models import StorageGroup
 from llmos.kernel.process import Priority
 from llmos.security.acl import Permission
 from llmos.security.principals import Quota, UserInfo, Users
+from llmos.security.reservations import ReservationInfo, Reservations, check_amount
 
 app = typer.Typer(cls=StorageGroup, no_args_is_help=True, help="Users, roles and quotas.")
 
@@ -54,7 +56,7 @@ def _show(info: UserInfo) -> None:
         f"{info.name}: role {info.role.value}, {state}, tokens/day {q.tokens_per_day or '-'}, "
         f"max concurrent {q.max_concurrent or '-'}, max priority "
         f"{q.max_priority.name.lower() if q.max_priority is not None else '-'}, "
-        f"max context {q.max_context or '-'}",
+        f"max context {q.max_context or '-'}, share {info.share:g}",
         markup=False,
     )
 
@@ -91,7 +93,7 @@ def list_(
         console.print_json(json.dumps(rows, default=str))
         return
     table = Table("NAME", "ROLE", "STATE", "TOKENS/DAY", "CONCURRENT", "PRIORITY", "CONTEXT",
-                  "MODELS", "KEYS", box=None)  # fmt: skip
+                  "SHARE", "MODELS", "KEYS", box=None)  # fmt: skip
     for u in users:
         q = u.quota
         table.add_row(
@@ -102,6 +104,7 @@ def list_(
             str(q.max_concurrent or "-"),
             q.max_priority.name.lower() if q.max_priority is not None else "-",
             str(q.max_context or "-"),
+            f"{u.share:g}",
             ",".join(u.models) or "*",
             str(u.num_active_keys),
         )
@@ -182,3 +185,98 @@ def revoke_model(
         info = Users(s.db).revoke_model(name, model)
         s.record("user.revoke_model", info.name, model=model)
     console.print(f"{info.name} may use: {', '.join(info.models) or '(grants removed)'}")
+
+
+@app.command("set-share")
+def set_share(
+    name: str = typer.Argument(...),
+    weight: float = typer.Argument(
+        ..., help="Fair-share weight (default 1; 2 = twice the service)."
+    ),
+    api_key: str | None = ApiKey,
+) -> None:
+    """Set a user's fair-share weight: when owners compete, service is divided in proportion to
+    their weights (`kernel.policy` fair or llmos). A running server applies it within
+    `kernel.allotments_refresh_s`."""
+    with security_session(api_key, Permission.USERS_MANAGE) as s:
+        info = Users(s.db).set_share(name, weight)
+        s.record("user.set_share", info.name, share=info.share)
+    _show(info)
+
+
+def _amount(r: ReservationInfo) -> str:
+    return f"{r.fraction:.0%} of the pool" if r.fraction is not None else f"{r.blocks} blocks"
+
+
+@app.command("reserve")
+def reserve(
+    name: str = typer.Argument(...),
+    model: str = typer.Option(..., "--model", "-m", help="Model id or name:tag."),
+    blocks: int | None = typer.Option(None, "--blocks", help="KV blocks guaranteed."),
+    fraction: float | None = typer.Option(
+        None, "--fraction", help="Share of the model's KV pool guaranteed, in (0, 1]."
+    ),
+    slots: int = typer.Option(1, "--slots", help="Running processes guaranteed."),
+    api_key: str | None = ApiKey,
+) -> None:
+    """Guarantee a user a minimum of KV blocks and running slots on a model. While the user is
+    idle the capacity is lent to others; their work takes it back within one tick. Refused,
+    with the numbers, when the model's reservations would exceed its pool or max_num_seqs."""
+    from llmos.system import model_capacity
+
+    check_amount(blocks, fraction, slots)
+    with security_session(api_key, Permission.USERS_MANAGE) as s:
+        model_id, num_blocks, max_num_seqs = model_capacity(model, s.settings)
+        info = Reservations(s.db).set(
+            name,
+            model_id,
+            blocks=blocks,
+            fraction=fraction,
+            slots=slots,
+            num_blocks=num_blocks,
+            max_num_seqs=max_num_seqs,
+        )
+        s.record("user.reserve", info.user, model=model_id, blocks=blocks, fraction=fraction,
+                 slots=slots)  # fmt: skip
+    console.print(
+        f"{info.user} holds {_amount(info)} (pool {num_blocks}) and {info.slots} slots "
+        f"(of {max_num_seqs}) on {model_id}",
+        markup=False,
+    )
+
+
+@app.command("unreserve")
+def unreserve(
+    name: str = typer.Argument(...),
+    model: str = typer.Option(..., "--model", "-m", help="Model id or name:tag."),
+    api_key: str | None = ApiKey,
+) -> None:
+    """Remove a user's reservation on a model."""
+    from llmos.system import served_name
+
+    model_id = served_name(model) or model
+    with security_session(api_key, Permission.USERS_MANAGE) as s:
+        info = Reservations(s.db).remove(name, model_id)
+        s.record("user.unreserve", info.user, model=model_id)
+    console.print(f"{info.user} no longer holds a reservation on {model_id}", markup=False)
+
+
+@app.command("reservations")
+def reservations(
+    user: str | None = typer.Option(None, "--user", help="Only this user's."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    api_key: str | None = ApiKey,
+) -> None:
+    """List reservations: user, model, blocks (or fraction of the pool) and slots."""
+    with security_session(api_key, Permission.USERS_MANAGE) as s:
+        rows = Reservations(s.db).list(user=user)
+    if as_json:
+        console.print_json(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return
+    if not rows:
+        console.print("no reservations", markup=False, style="dim")
+        return
+    table = Table("USER", "MODEL", "BLOCKS", "SLOTS", box=None)
+    for r in rows:
+        table.add_row(r.user, r.model, _amount(r), str(r.slots))
+    console.print(table)

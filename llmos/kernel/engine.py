@@ -12,7 +12,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from llmos.kernel.params import SamplingParams
 from llmos.kernel.policy import make_policy
 from llmos.kernel.predict import HistoryRecord, Predictor, features_of
 from llmos.kernel.process import Priority, Process, ProcessInfo, ProcessState, ProcessTable
+from llmos.kernel.reservation import Reservation
 from llmos.kernel.runner import ModelRunner
 from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Batch, Scheduler
@@ -48,6 +49,14 @@ def set_compute_threads(num_threads: int) -> None:
     n = num_threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def num_pool_blocks(config: Any, memory: MemoryConfig) -> int:
+    """KV blocks in the pool of a model with `config` (a ModelConfig) under `memory`."""
+    block_bytes = KVCache.bytes_per_block(
+        config.num_layers, memory.block_size, config.num_kv_heads, config.head_dim
+    )
+    return max(1, memory.kv_cache_bytes // block_bytes)
 
 
 class Engine:
@@ -86,7 +95,7 @@ class Engine:
         block_bytes = KVCache.bytes_per_block(
             c.num_layers, memory.block_size, c.num_kv_heads, c.head_dim
         )
-        num_blocks = max(1, memory.kv_cache_bytes // block_bytes)
+        num_blocks = num_pool_blocks(c, memory)
         num_swap = memory.swap_bytes // block_bytes
         self.kv = KVCache(
             c.num_layers,
@@ -107,6 +116,7 @@ class Engine:
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
             policy=make_policy(kernel.policy, aging_window_s=kernel.aging_window_s),
+            model=model_name,
         )
         # Learns output lengths from this engine's finished processes (a server shares one
         # across its engines and stores the history: llmos.system).
@@ -219,6 +229,12 @@ class Engine:
         self._inbox.append(("renice", (pid, priority)))
         return True
 
+    def set_allotments(
+        self, shares: Mapping[str, float], reservations: Mapping[str, Reservation]
+    ) -> None:
+        """New fair-share weights and this model's reservations, from the next tick on."""
+        self._inbox.append(("allot", (dict(shares), dict(reservations))))
+
     def processes(self) -> list[ProcessInfo]:
         return self.table.snapshot()
 
@@ -329,6 +345,9 @@ class Engine:
                 proc = self.table.get(arg[0])
                 if proc is not None:
                     proc.priority = arg[1]
+            elif op == "allot":
+                self.scheduler.set_shares(arg[0])
+                self.scheduler.set_reservations(arg[1])
         return outputs
 
     def _append_token(

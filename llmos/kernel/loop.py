@@ -48,6 +48,7 @@ from llmos.kernel.outputs import (
 )
 from llmos.kernel.params import SamplingParams
 from llmos.kernel.process import Priority, ProcessInfo
+from llmos.kernel.reservation import Allotments
 
 if TYPE_CHECKING:
     from llmos.kernel.predict import Predictor
@@ -168,6 +169,7 @@ class EngineLoop:
         self.storm_check_s = STORM_CHECK_S
         self._storms_due_s = 0.0
         self._tasks: dict[str, Tickable] = {}
+        self.allotments = Allotments()  # shares and reservations, set by llmos.system
         self._faults: dict[str, collections.deque[tuple[str, float]]] = {}
         self._tick_started_s: float | None = None
         self._ticking: str | None = None  # the name of the engine or task in a tick
@@ -224,7 +226,22 @@ class EngineLoop:
             armed = self._faults.get(engine.model_name)
             if armed is not None and hasattr(engine, "faults"):
                 engine.faults = armed  # a rebuilt engine meets the same test faults
+            self._allot(engine)
         logger.info("model %s joins the engine loop", engine.model_name)
+
+    def set_allotments(self, allotments: Allotments) -> None:
+        """Hand every engine, now and later, new fair-share weights and its model's
+        reservations (applied at each engine's next tick)."""
+        with self._lock:
+            self.allotments = allotments
+            for engine in self._engines.values():
+                self._allot(engine)
+        self._wakeup.set()
+
+    def _allot(self, engine: EngineLike) -> None:
+        if hasattr(engine, "set_allotments"):  # test engines may have no scheduler
+            a = self.allotments
+            engine.set_allotments(a.shares, a.reservations.get(engine.model_name, {}))
 
     def remove_engine(self, model_name: str) -> EngineLike | None:
         """Stop ticking a model's engine and return it; None if it is not here or still has

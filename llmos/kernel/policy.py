@@ -2,6 +2,9 @@
 
 A policy maps a process to a sort key; smaller keys run first and are preempted last. Stateful
 policies also hear of arrivals and of the tokens each process is served (`on_add`, `charge`).
+A policy may name the components of its key (`layers`), so the scheduler can say which layer
+holds a waiting process back (`holding_layer`); a policy with a `shares` dict takes per-owner
+weights from the system (`llmos users set-share`).
 
 `fair` is per-owner fair share inside each priority class: a virtual token counter per owner
 ("Fairness in Serving Large Language Models", Sheng et al., OSDI 2024, VTC) charged
@@ -43,8 +46,9 @@ class SchedulingPolicy(Protocol):
 class _Stateless:
     """A policy that is a pure function of the process."""
 
-    def __init__(self, key: Callable[[Process], Key]) -> None:
+    def __init__(self, key: Callable[[Process], Key], layers: tuple[str, ...]) -> None:
         self.key = key
+        self.layers = layers
 
     def on_add(self, proc: Process, active_owners: Iterable[str]) -> None:
         pass
@@ -65,6 +69,8 @@ def priority(proc: Process) -> Key:
 
 class FairShare:
     """Priority classes, then the owner's virtual token counter (VTC), then arrival."""
+
+    layers: tuple[str, ...] = ("priority", "fair-share", "queue")
 
     def __init__(
         self,
@@ -109,6 +115,8 @@ class Llmos(FairShare):
     """Priority classes, then the owner's VTC counter, then shortest predicted remaining work
     with aging (`aging_window_s`), then arrival."""
 
+    layers = ("priority", "fair-share", "shorter-job", "queue")
+
     def __init__(self, *, aging_window_s: float = DEFAULT_AGING_WINDOW_S, **fair: float) -> None:
         super().__init__(**fair)  # type: ignore[arg-type]
         self.aging_window_s = aging_window_s
@@ -131,9 +139,19 @@ class Llmos(FairShare):
         return proc.arrival_s + self.aging_window_s * r
 
 
+def holding_layer(policy: SchedulingPolicy, ahead: Process, proc: Process) -> str:
+    """The layer of `policy`'s order that puts `ahead` before `proc`: the name of the first key
+    component where they differ ("queue" when unnamed or equal)."""
+    names: tuple[str, ...] = getattr(policy, "layers", ())
+    for i, (a, b) in enumerate(zip(policy.key(ahead), policy.key(proc), strict=False)):
+        if a != b:
+            return names[i] if i < len(names) else "queue"
+    return "queue"
+
+
 POLICIES: dict[str, Callable[..., SchedulingPolicy]] = {
-    "fcfs": lambda **_: _Stateless(fcfs),
-    "priority": lambda **_: _Stateless(priority),
+    "fcfs": lambda **_: _Stateless(fcfs, ("queue",)),
+    "priority": lambda **_: _Stateless(priority, ("priority", "queue")),
     "fair": lambda **_: FairShare(),
     "llmos": lambda aging_window_s=DEFAULT_AGING_WINDOW_S, **_: Llmos(
         aging_window_s=aging_window_s

@@ -105,6 +105,9 @@ class Process:
     seq_no: int = 0  # admission order (FCFS tie-break), set by the scheduler
     features: PromptFeatures | None = None  # what the length predictor saw (kernel.predict)
     predicted_output_tokens: float | None = None  # None: no model yet (cold start)
+    # Why it did not run at the last tick it was passed over (the scheduler's words: "memory",
+    # "slots", "token-budget", "reserved", "preempted", or the policy layer ahead of it).
+    wait_reason: str | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -148,6 +151,8 @@ class ProcessInfo:
     arrival_s: float
     first_token_s: float | None
     finished_s: float | None
+    wait_reason: str | None  # why it is not running (None while running or before its first tick)
+    is_swapped: bool  # preempted with its KV in the swap area
 
     @classmethod
     def of(cls, p: Process) -> ProcessInfo:
@@ -164,6 +169,8 @@ class ProcessInfo:
             arrival_s=p.arrival_s,
             first_token_s=p.first_token_s,
             finished_s=p.finished_s,
+            wait_reason=None if p.state is ProcessState.RUNNING else p.wait_reason,
+            is_swapped=p.is_swapped,
         )
 
 

@@ -3,18 +3,23 @@
 Invariants: the tokens scheduled in one tick never exceed the token budget; a process is in at
 most one of waiting / running / swapped; every running process's block table covers the tokens
 it has computed plus the tokens scheduled for it this tick; a process that ends has no blocks
-and no swap slots.
+and no swap slots. Reservations (`kernel.reservation`): no owner takes blocks or slots held for
+another active owner's guarantee, and an owner's queued work within its guarantee is admitted in
+the tick it is first seen, preempting borrowers (victims in the policy's order reversed). Every
+queued process passed over in a tick carries the reason (`Process.wait_reason`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from llmos.kernel.memory import BlockPool
-from llmos.kernel.policy import SchedulingPolicy, make_policy
+from llmos.kernel.policy import SchedulingPolicy, holding_layer, make_policy
 from llmos.kernel.process import Process, ProcessState
+from llmos.kernel.reservation import Reservation, ReservationLedger
 from llmos.kernel.swap import SwapSpace
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,9 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         policy: str | SchedulingPolicy = "priority",
+        shares: Mapping[str, float] | None = None,
+        reservations: Mapping[str, Reservation] | None = None,
+        model: str = "model",
     ) -> None:
         self.pool = pool
         self.swap = swap
@@ -57,6 +65,10 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.key = self.policy.key
+        self.model = model
+        self.set_shares(shares or {})
+        self.ledger = ReservationLedger(pool.num_blocks, max_num_seqs)
+        self.ledger.set(model, reservations or {})
         self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
         self.running: list[Process] = []
@@ -70,6 +82,15 @@ class Scheduler:
         self.num_swap_outs = 0
         self.num_recomputes = 0
         self.schedule_s = 0.0  # time spent in `schedule` since start (the per-tick cost)
+
+    # ---- allotments (from the system, between ticks) -------------------------------------
+    def set_shares(self, shares: Mapping[str, float]) -> None:
+        """Per-owner fair-share weights, for any policy that keeps a `shares` dict."""
+        if isinstance(getattr(self.policy, "shares", None), dict):
+            self.policy.shares = dict(shares)  # type: ignore[attr-defined]
+
+    def set_reservations(self, reservations: Mapping[str, Reservation]) -> None:
+        self.ledger.set(self.model, reservations)
 
     # ---- process lifecycle ---------------------------------------------------------------
     def add(self, proc: Process) -> None:
@@ -110,56 +131,111 @@ class Scheduler:
 
     def _schedule(self) -> Batch:
         batch = Batch()
+        if not self.ledger.is_empty:
+            self.ledger.begin(self.running, self.waiting + self.running + self.swapped)
         self._preempt_for_slot(batch)
         self._preempt_for_priority(batch)
-        num_priority_preempted = len(batch.preempted)
-        budget = self._schedule_running(batch, self.max_num_batched_tokens)
+        budget = self._admit_reserved(batch, self.max_num_batched_tokens)
+        num_preempted = len(batch.preempted)
+        budget = self._schedule_running(batch, budget)
         # memory ran short for running processes: admitting more now would only thrash
-        if len(batch.preempted) == num_priority_preempted:
+        if len(batch.preempted) == num_preempted:
             self._schedule_queued(batch, budget)
+        else:
+            for proc in self.swapped + self.waiting:
+                if proc not in batch.preempted:
+                    proc.wait_reason = "memory"
         assert batch.num_tokens <= self.max_num_batched_tokens
         return batch
 
     def _schedule_running(self, batch: Batch, budget: int) -> int:
-        queue = sorted(self.running, key=self.key)
+        scheduled = {item.proc.pid for item in batch.items}  # admitted this tick already
+        queue = sorted((p for p in self.running if p.pid not in scheduled), key=self.key)
         while queue and budget > 0:
             proc = queue.pop(0)
             n = self._chunk(proc, budget)
             need = self.blocks_for(proc.num_computed_tokens + n) - len(proc.block_table)
-            while not self.pool.can_allocate(need):
-                victim = queue.pop() if queue else proc
+            while not self._can_take(proc.owner, need):
+                victim = self._victim(queue, proc)
                 self._preempt(victim, batch)
                 if victim is proc:
                     break
             if proc.state is not ProcessState.RUNNING:
                 continue
             proc.block_table.extend(self.pool.allocate(need))
+            self.ledger.take(proc.owner, need, 0)
             budget -= self._add(batch, proc, n)
         return budget
+
+    def _can_take(self, owner: str, num_blocks: int, num_extra: int = 0) -> bool:
+        """Whether `owner` may take `num_blocks` (plus `num_extra` kept free) without touching
+        blocks held for other active owners' reservations."""
+        held, _ = self.ledger.outstanding(owner) if not self.ledger.is_empty else (0, 0)
+        return self.pool.can_allocate(num_blocks + num_extra + held)
+
+    def _victim(self, queue: list[Process], proc: Process) -> Process:
+        """The last process of `queue` (policy order) that `proc` may preempt: its owner's own,
+        or one whose owner is not within a reservation; else `proc` itself."""
+        for i in range(len(queue) - 1, -1, -1):
+            owner = queue[i].owner
+            if owner == proc.owner or not self.ledger.is_protected(owner):
+                return queue.pop(i)
+        return proc
 
     def _schedule_queued(self, batch: Batch, budget: int) -> None:
         """Resume swapped processes and admit waiting ones, in policy order.
 
         Strict order: when the next process does not fit, nothing behind it is admitted, so a
-        big process is not overtaken forever by small ones.
+        big process is not overtaken forever by small ones. Each process left waiting is told
+        why: the resource it lacks, or the policy layer that put the blocked one ahead of it.
         """
+        blocked: Process | None = None
         for proc in sorted(self.swapped + self.waiting, key=self.key):
-            if budget <= 0 or len(self.running) >= self.max_num_seqs:
-                break
-            ok = (
-                self._swap_in(proc, budget, batch)
-                if proc.is_swapped
-                else self._admit(proc, budget, batch)
-            )
-            if not ok:
-                break
-            budget -= batch.items[-1].num_new_tokens
+            if blocked is not None:
+                proc.wait_reason = holding_layer(self.policy, blocked, proc)
+                continue
+            reason = self._queued_reason(proc, budget, batch)
+            if reason is None:
+                reason = (
+                    self._swap_in(proc, budget, batch)
+                    if proc.is_swapped
+                    else self._admit(proc, budget, batch)
+                )
+            if reason is None:
+                budget -= batch.items[-1].num_new_tokens
+                continue
+            proc.wait_reason = reason
+            if reason not in ("token-budget", "slots"):  # those hold back every process alike
+                blocked = proc
 
-    def _swap_in(self, proc: Process, budget: int, batch: Batch) -> bool:
+    def _queued_reason(self, proc: Process, budget: int, batch: Batch) -> str | None:
+        """Why `proc` cannot start now before memory is asked (None: it may try)."""
+        if proc in batch.preempted:
+            return "preempted"  # preempted this very tick: retry next tick
+        if budget <= 0:
+            return "token-budget"
+        if len(self.running) >= self.max_num_seqs:
+            return "slots"
+        if not self.ledger.is_empty:
+            _, held = self.ledger.outstanding(proc.owner)
+            if len(self.running) + 1 + held > self.max_num_seqs:
+                return "reserved"
+        return None
+
+    def _no_room(self, owner: str, num_blocks: int, num_extra: int) -> str | None:
+        """None if `owner` may take the blocks, else "memory" or "reserved"."""
+        if not self.pool.can_allocate(num_blocks + num_extra):
+            return "memory"
+        return None if self._can_take(owner, num_blocks, num_extra) else "reserved"
+
+    def _swap_in(
+        self, proc: Process, budget: int, batch: Batch, *, is_reserved: bool = False
+    ) -> str | None:
         n = self._chunk(proc, budget)
         need = self.blocks_for(proc.num_computed_tokens + n)
-        if proc in batch.preempted or not self.pool.can_allocate(need + self.watermark_blocks):
-            return False
+        extra = 0 if is_reserved else self.watermark_blocks
+        if (reason := self._no_room(proc.owner, need, extra)) is not None:
+            return reason
         blocks = self.pool.allocate(need)
         slots = self._swap_slots.pop(proc.pid)
         batch.swap_in.extend(zip(slots, blocks, strict=False))
@@ -169,19 +245,21 @@ class Scheduler:
         self.swapped.remove(proc)
         self._run(proc)
         self._add(batch, proc, n)
-        return True
+        return None
 
-    def _admit(self, proc: Process, budget: int, batch: Batch) -> bool:
-        if proc in batch.preempted:
-            return False  # preempted this very tick: retry next tick
+    def _admit(
+        self, proc: Process, budget: int, batch: Batch, *, is_reserved: bool = False
+    ) -> str | None:
+        """Start a waiting process (None), or say why it cannot start now."""
         is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
         cached = self.pool.find_cached_prefix(proc.token_ids, namespace=proc.cache_namespace)
         num_cached_tokens = len(cached) * self.pool.block_size
         n = min(proc.num_tokens - num_cached_tokens, budget)
         need = self.blocks_for(num_cached_tokens + n) - len(cached)
         num_cached_evictable = sum(1 for b in cached if self.pool.ref_count(b) == 0)
-        if not self.pool.can_allocate(need + num_cached_evictable + self.watermark_blocks):
-            return False
+        extra = num_cached_evictable + (0 if is_reserved else self.watermark_blocks)
+        if (reason := self._no_room(proc.owner, need, extra)) is not None:
+            return reason
         self.pool.share(cached)
         proc.block_table = cached + self.pool.allocate(need)
         proc.num_computed_tokens = num_cached_tokens
@@ -192,6 +270,52 @@ class Scheduler:
         self.waiting.remove(proc)
         self._run(proc)
         self._add(batch, proc, n)
+        return None
+
+    def _admit_reserved(self, batch: Batch, budget: int) -> int:
+        """Admit, before anything else runs, the queued processes that their owners'
+        reservations cover, preempting borrowers just enough to make room; returns the budget
+        left. Leaves one token per running process so decodes keep flowing."""
+        if self.ledger.is_empty:
+            return budget
+        share = max(1, budget - len(self.running))
+        for proc in sorted(self.swapped + self.waiting, key=self.key):
+            if share <= 0:
+                break
+            if proc in batch.preempted or proc.owner not in self.ledger.reserved:
+                continue
+            n = self._chunk(proc, share)
+            need = self.blocks_for(proc.num_computed_tokens + n if proc.is_swapped else n)
+            if not self._reclaim(proc, need, batch):
+                continue
+            admit = self._swap_in if proc.is_swapped else self._admit
+            if admit(proc, share, batch, is_reserved=True) is None:
+                share -= batch.items[-1].num_new_tokens
+                budget -= batch.items[-1].num_new_tokens
+        return budget
+
+    def _reclaim(self, proc: Process, need: int, batch: Batch) -> bool:
+        """If its owner's guarantee covers `proc` (`need` blocks and a slot), preempt borrowers
+        (policy order reversed) until it fits; whether it fits."""
+        if not all(self.ledger.covers(proc.owner, need)):
+            return False
+        scheduled = {item.proc.pid for item in batch.items}
+        victims = sorted(
+            (
+                p
+                for p in self.running
+                if p.owner != proc.owner
+                and p.pid not in scheduled
+                and not self.ledger.is_protected(p.owner)
+            ),
+            key=self.key,
+        )
+        if not self._can_take(proc.owner, need - sum(len(p.block_table) for p in victims)):
+            return False  # even every borrower's blocks would not make room: keep them
+        while not (self._can_take(proc.owner, need) and len(self.running) < self.max_num_seqs):
+            if not victims:
+                return False
+            self._preempt(victims.pop(), batch)
         return True
 
     def _preempt_for_slot(self, batch: Batch) -> None:
@@ -206,6 +330,8 @@ class Scheduler:
         if best.is_swapped or best.num_preemptions or best.first_scheduled_s is not None:
             return
         worst = max(self.running, key=self.key)
+        if worst.owner != best.owner and self.ledger.is_protected(worst.owner):
+            return  # within its owner's reservation: only that owner's work may displace it
         if self.key(best) < self.key(worst):
             self._preempt(worst, batch)
 
@@ -222,7 +348,9 @@ class Scheduler:
             (
                 p
                 for p in self.running
-                if p.priority > best.priority and self.key(p) > self.key(best)
+                if p.priority > best.priority
+                and self.key(p) > self.key(best)
+                and (p.owner == best.owner or not self.ledger.is_protected(p.owner))
             ),
             key=self.key,
             reverse=True,
@@ -236,7 +364,9 @@ class Scheduler:
 
     def _run(self, proc: Process) -> None:
         proc.state = ProcessState.RUNNING
+        proc.wait_reason = None
         self.running.append(proc)
+        self.ledger.take(proc.owner, len(proc.block_table), 1)
         now_s = time.monotonic()
         if proc.scheduled_mono_s is None:
             proc.scheduled_mono_s = now_s
@@ -253,6 +383,8 @@ class Scheduler:
     def _preempt(self, proc: Process, batch: Batch) -> None:
         """Swap the victim out if the swap area has room, else free its blocks to recompute."""
         self.running.remove(proc)
+        self.ledger.release(proc.owner, len(proc.block_table), 1)
+        proc.wait_reason = "preempted"
         proc.num_preemptions += 1
         self.num_preemptions += 1
         proc.preempted_since_s = time.monotonic()

@@ -151,6 +151,13 @@ def assemble_gemma3(cache_dir: Path | None = None) -> Path:
     return _gemma3_path(cache_dir)
 
 
+def read_config(path: Path) -> ModelConfig:
+    """The ModelConfig of a .gguf file or an HF folder, without reading any weight."""
+    if path.is_dir():
+        return config_from_hf(hf_folder.read_folder(path).config)
+    return config_from_gguf(read_gguf(path))
+
+
 # --- GGUF ------------------------------------------------------------------------------------
 
 

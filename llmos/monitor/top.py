@@ -71,8 +71,9 @@ def process_table(processes: list[dict[str, Any]], *, now_s: float | None = None
         "PREEMPT",
         "AGE",
         "TTFT",
+        "WAIT",
     ):
-        justify = "left" if name in ("OWNER", "MODEL", "PRIO", "STATE") else "right"
+        justify = "left" if name in ("OWNER", "MODEL", "PRIO", "STATE", "WAIT") else "right"
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p in processes:
         ttft = p.get("first_token_s")
@@ -88,8 +89,17 @@ def process_table(processes: list[dict[str, Any]], *, now_s: float | None = None
             str(p.get("num_preemptions", 0)),
             f"{max(0.0, now_s - p.get('arrival_s', now_s)):.1f}s",
             "-" if ttft is None else f"{(ttft - p['arrival_s']) * 1000:.0f}ms",
+            wait_text(p),
         )
     return table
+
+
+def wait_text(p: dict[str, Any]) -> str:
+    """Why a process is not running (the layer that holds it back), "-" while it runs."""
+    reason = p.get("wait_reason")
+    if not reason:
+        return "-"
+    return f"{reason} (swapped)" if p.get("is_swapped") else str(reason)
 
 
 def frame(stats: dict[str, Any], processes: list[dict[str, Any]]) -> Group:

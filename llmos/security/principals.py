@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -67,6 +68,7 @@ class Principal:
 
 
 ANONYMOUS_NAME = "anonymous"
+MAX_SHARE = 1000.0  # the largest fair-share weight
 # With `auth none` (loopback only) every request acts as this principal; owner "local" matches
 # what the kernel used before there were users.
 LOCAL = Principal(name="local", role=Role.ADMIN)
@@ -85,6 +87,7 @@ class UserInfo:
     models: tuple[str, ...]
     num_active_keys: int
     created_at: datetime
+    share: float = 1.0  # fair-share weight (`llmos users set-share`)
 
 
 def quota_of(row: UserRow) -> Quota:
@@ -174,6 +177,13 @@ class Users:
             _apply_quota(row, Quota(**values))
         return self.get(name)
 
+    def set_share(self, name: str, weight: float) -> UserInfo:
+        """Set the user's fair-share weight (service is divided in proportion to weights)."""
+        weight = check_share(weight)
+        with self.db.session() as s:
+            _find(s, name).share = None if weight == 1.0 else weight
+        return self.get(name)
+
     def grant_model(self, name: str, model: str) -> UserInfo:
         """Allow `name` to use `model`; once a model has any grant, only grantees may use it."""
         with self.db.session() as s:
@@ -190,6 +200,21 @@ class Users:
             if grant is not None:
                 s.delete(grant)
         return self.get(name)
+
+
+def check_share(weight: float) -> float:
+    if not math.isfinite(weight) or not 0 < weight <= MAX_SHARE:
+        raise InvalidRequest(
+            f"A share must be a weight in (0, {MAX_SHARE:g}]; got {weight}.",
+            param="share",
+            hint="1 is everyone's default; 2 gets twice the service of 1 when both are busy",
+        )
+    return float(weight)
+
+
+def find_user(s: Session, name_or_id: str | int) -> UserRow:
+    """The row of a user by name or id, in session `s`; NotFound otherwise."""
+    return _find(s, name_or_id)
 
 
 def _find(s: Session, name_or_id: str | int) -> UserRow:
@@ -224,4 +249,5 @@ def _info(row: UserRow, models: tuple[str, ...], num_keys: int) -> UserInfo:
         models=models,
         num_active_keys=num_keys,
         created_at=as_utc(row.created_at),
+        share=row.share if row.share is not None else 1.0,
     )

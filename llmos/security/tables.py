@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, LargeBinary, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from llmos.storage.schema import Base, utcnow
@@ -28,6 +37,23 @@ class UserRow(Base):
     max_concurrent: Mapped[int | None] = mapped_column()
     max_priority: Mapped[str | None] = mapped_column(String(16))
     max_context: Mapped[int | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    share: Mapped[float | None] = mapped_column(Float)  # fair-share weight; NULL = 1 (0006)
+
+
+class ReservationRow(Base):
+    """A guaranteed minimum of KV blocks (`blocks`, or `fraction` of the pool) and running
+    slots for one user on one model (migration 0006_reservations)."""
+
+    __tablename__ = "reservations"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(130), primary_key=True)
+    blocks: Mapped[int | None] = mapped_column()
+    fraction: Mapped[float | None] = mapped_column(Float)
+    slots: Mapped[int] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -118,11 +118,27 @@ class User(BaseModel):
     models: list[str] = Field(description="Models granted to the user.")
     num_active_keys: int
     created_at: datetime
+    share: float = Field(description="Fair-share weight (1 unless set).")
 
 
 class UserList(BaseModel):
     object: Literal["list"]
     data: list[User]
+
+
+class ReservationOut(BaseModel):
+    """A guaranteed minimum for one user on one model."""
+
+    user: str
+    model: str
+    blocks: int | None = Field(description="KV blocks; null when given as a fraction.")
+    fraction: float | None = Field(description="Share of the model's KV pool, in (0, 1].")
+    slots: int = Field(description="Running processes guaranteed.")
+
+
+class ReservationList(BaseModel):
+    object: Literal["list"]
+    data: list[ReservationOut]
 
 
 class Key(BaseModel):

@@ -73,6 +73,7 @@ def _user_json(u: UserInfo) -> dict[str, Any]:
         "models": list(u.models),
         "num_active_keys": u.num_active_keys,
         "created_at": u.created_at.isoformat(),
+        "share": u.share,
     }
 
 

@@ -1,7 +1,7 @@
 """demand: per-model demand windows (requests, tokens) and admin pins of resident models
 
 Revision ID: 0007_demand
-Revises: 0005_history
+Revises: 0006_reservations
 Create Date: 2026-12-03
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_demand"
-down_revision: str | None = "0005_history"
+down_revision: str | None = "0006_reservations"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
