@@ -269,8 +269,11 @@ class AllotmentSync:
     when started, after each change through the admin API, and every `interval_s` (so a change
     the CLI writes to the same database reaches a running server without a restart)."""
 
-    def __init__(self, loop: EngineLoop, settings: Settings) -> None:
+    def __init__(
+        self, loop: EngineLoop, settings: Settings, residency: Residency | None = None
+    ) -> None:
         self.loop = loop
+        self.residency = residency  # told which models hold reservations (kept resident longer)
         self.settings = settings
         self.interval_s = settings.kernel.allotments_refresh_s
         self._db: Database | None = None
@@ -288,6 +291,8 @@ class AllotmentSync:
             if self._db is None:
                 self._db = Database(self.settings.storage)
             allotments = Reservations(self._db).allotments()
+            if self.residency is not None:
+                self.residency.reserved = {m for m, held in allotments.reservations.items() if held}
             if allotments != self.loop.allotments:
                 self.loop.set_allotments(allotments)
                 logger.info(
@@ -418,7 +423,7 @@ def build_serving(
         metrics,
         engine.model_name,
         events=events,
-        allotments=AllotmentSync(loop, settings),
+        allotments=AllotmentSync(loop, settings, residency),
         predictor=loop.predictor,
     )
 
