@@ -28,6 +28,7 @@ from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Batch, Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
+from llmos.kernel.tickcost import TickCost, TickShape
 from llmos.models.footprint import tensor_bytes
 from llmos.models.registry import CausalLM
 from llmos.ops.cpu import KVCache
@@ -46,6 +47,18 @@ def set_compute_threads(num_threads: int) -> None:
     n = num_threads or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def tick_cost(kernel: KernelConfig) -> TickCost | None:
+    """The stall-free tick budget the config asks for (None: prefill fills the token budget)."""
+    if not kernel.stall_free:
+        return None
+    target = kernel.tick_target_ms
+    return TickCost(
+        target_ms=None if target == "auto" else float(target),
+        target_factor=kernel.tick_target_factor,
+        min_prefill_tokens=kernel.min_prefill_chunk,
+    )
 
 
 class Engine:
@@ -99,6 +112,7 @@ class Engine:
             max_num_batched_tokens=kernel.max_num_batched_tokens,
             max_num_seqs=kernel.max_num_seqs,
             policy=kernel.policy,
+            tick_cost=tick_cost(kernel),
         )
         self.runner = ModelRunner(
             model, self.kv, device=kernel.device, pad_to=None if kernel.batch_invariant else []
@@ -225,12 +239,18 @@ class Engine:
         """Run one tick and return what each process produced in it."""
         with self._lock:
             outputs = self._drain_inbox()
+            start_s = time.perf_counter()
             batch = self.scheduler.schedule()
             self._counters["ticks"] += 1
             if batch.items:
                 try:
                     self._fault_point()
+                    shape = TickShape.of(
+                        (i.proc.num_computed_tokens, i.num_new_tokens) for i in batch.items
+                    )
                     outputs.extend(self._run_batch(batch))
+                    if self.scheduler.tick_cost is not None:
+                        self.scheduler.tick_cost.observe(shape, time.perf_counter() - start_s)
                 except Exception as exc:
                     # Only this batch's processes fail; the waiting ones and the pool are intact.
                     error = f"{type(exc).__name__}: {exc}"

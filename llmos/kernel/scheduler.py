@@ -16,6 +16,7 @@ from llmos.kernel.memory import BlockPool
 from llmos.kernel.policy import POLICIES
 from llmos.kernel.process import Process, ProcessState
 from llmos.kernel.swap import SwapSpace
+from llmos.kernel.tickcost import PrefillAllowance, TickCost
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         policy: str = "priority",
+        tick_cost: TickCost | None = None,
     ) -> None:
         self.pool = pool
         self.swap = swap
@@ -59,6 +61,8 @@ class Scheduler:
             raise ValueError(f"unknown scheduling policy {policy!r}: one of {sorted(POLICIES)}")
         self.policy = POLICIES[policy]()
         self.key = self.policy.key
+        self.tick_cost = tick_cost  # None: prefill chunks may fill the whole token budget
+        self._prefill: PrefillAllowance | None = None  # this tick's prefill share
         self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
         self.running: list[Process] = []
@@ -105,6 +109,7 @@ class Scheduler:
     def schedule(self) -> Batch:
         batch = Batch()
         self._preempt_for_priority(batch)
+        self._prefill = self._prefill_allowance()
         num_priority_preempted = len(batch.preempted)
         budget = self._schedule_running(batch, self.max_num_batched_tokens)
         # memory ran short for running processes: admitting more now would only thrash
@@ -118,6 +123,8 @@ class Scheduler:
         while queue and budget > 0:
             proc = queue.pop(0)
             n = self._chunk(proc, budget)
+            if n == 0:
+                continue  # a prefill with no share of this tick's time: it waits a tick
             need = self.blocks_for(proc.num_computed_tokens + n) - len(proc.block_table)
             while not self.pool.can_allocate(need):
                 victim = queue.pop() if queue else proc
@@ -150,6 +157,8 @@ class Scheduler:
 
     def _swap_in(self, proc: Process, budget: int, batch: Batch) -> bool:
         n = self._chunk(proc, budget)
+        if n == 0:
+            return False
         need = self.blocks_for(proc.num_computed_tokens + n)
         if proc in batch.preempted or not self.pool.can_allocate(need + self.watermark_blocks):
             return False
@@ -170,7 +179,9 @@ class Scheduler:
         is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
         cached = self.pool.find_cached_prefix(proc.token_ids, namespace=proc.cache_namespace)
         num_cached_tokens = len(cached) * self.pool.block_size
-        n = min(proc.num_tokens - num_cached_tokens, budget)
+        n = self._chunk(proc, budget, start=num_cached_tokens)
+        if n == 0:
+            return False
         need = self.blocks_for(num_cached_tokens + n) - len(cached)
         num_cached_evictable = sum(1 for b in cached if self.pool.ref_count(b) == 0)
         if not self.pool.can_allocate(need + num_cached_evictable + self.watermark_blocks):
@@ -201,8 +212,21 @@ class Scheduler:
             self._preempt(victims.pop(0), batch)
 
     # ---- helpers -------------------------------------------------------------------------
-    def _chunk(self, proc: Process, budget: int) -> int:
-        return min(proc.num_tokens - proc.num_computed_tokens, budget)
+    def _prefill_allowance(self) -> PrefillAllowance | None:
+        """This tick's prefill share under a time target (stall-free ticks): none while
+        nothing decodes, so a prefill may then fill the whole token budget."""
+        if self.tick_cost is None:
+            return None
+        decoding = [p.num_tokens for p in self.running if p.num_tokens - p.num_computed_tokens == 1]
+        return self.tick_cost.allowance(decoding, min(self.max_num_seqs, self.num_unfinished))
+
+    def _chunk(self, proc: Process, budget: int, start: int | None = None) -> int:
+        """Tokens `proc` computes this tick from `start` (default: where it is); 0 = none."""
+        start = proc.num_computed_tokens if start is None else start
+        n = min(proc.num_tokens - start, budget)
+        if n > 1 and self._prefill is not None:
+            n = self._prefill.take(start, n)
+        return n
 
     def _run(self, proc: Process) -> None:
         proc.state = ProcessState.RUNNING
