@@ -24,6 +24,13 @@ PREFILL_SCALE = 256.0
 ATTENDED_SCALE = 65536.0
 NUM_FEATURES = 4
 OUTLIER_RATIO = 3.0  # a tick slower than this x its prediction counts as this x (a stall, a GC)
+# A weak prior, worth PRIOR_TICKS ticks and never decayed: a decode token costs what a prefill
+# token costs. Until ticks with many different decode counts have been seen, the split of a
+# tick's time between its intercept and its decodes is a guess; one noisy tick with two decoders
+# would otherwise set the cost of sixteen. Leaning on the prefill cost errs low (a decode row
+# costs more: logits, sampling), so early prefill chunks come out smaller, not larger.
+PRIOR_TICKS = 4.0
+SAME_PER_TOKEN = np.array([0.0, 1.0, -DECODE_SCALE / PREFILL_SCALE, 0.0])
 
 
 def num_attended(start: int, num_tokens: int) -> int:
@@ -76,7 +83,7 @@ class TickCostModel:
     machine (another tenant, a hotter cache) without being thrown by one slow tick.
     """
 
-    def __init__(self, half_life_ticks: float = 200.0, min_ticks: int = 8) -> None:
+    def __init__(self, half_life_ticks: float = 200.0, min_ticks: int = 4) -> None:
         self.decay = 0.5 ** (1.0 / half_life_ticks)
         self.min_ticks = min_ticks
         self.gram = np.zeros((NUM_FEATURES, NUM_FEATURES))
@@ -90,8 +97,8 @@ class TickCostModel:
     def is_ready(self) -> bool:
         return (
             self.num_ticks >= self.min_ticks
-            and self.num_decode_ticks >= 2
-            and self.num_prefill_ticks >= 2
+            and self.num_decode_ticks >= 1
+            and self.num_prefill_ticks >= 1
         )
 
     def observe(self, shape: TickShape, seconds: float) -> None:
@@ -109,11 +116,12 @@ class TickCostModel:
         self.theta = self._solve()
 
     def _solve(self) -> np.ndarray:
-        """Non-negative least squares on 4 unknowns: solve, drop the features whose coefficient
-        came out negative, solve again on the rest (a tiny active-set loop). A faint ridge toward
-        the previous fit keeps features no tick has exercised yet where they were."""
+        """Non-negative least squares on 4 unknowns, with the prior: solve, drop the features whose
+        coefficient came out negative, solve again on the rest (a tiny active-set loop). A faint
+        ridge toward the previous fit keeps features no tick has exercised yet where they were."""
         ridge = 1e-6 * max(float(np.trace(self.gram)), 1.0)
         gram = self.gram + ridge * np.eye(NUM_FEATURES)
+        gram += PRIOR_TICKS * np.outer(SAME_PER_TOKEN, SAME_PER_TOKEN)
         moment = self.moment + ridge * self.theta
         active = np.ones(NUM_FEATURES, dtype=bool)
         theta = np.zeros(NUM_FEATURES)

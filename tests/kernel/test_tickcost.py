@@ -55,9 +55,9 @@ def test_model_learns_a_planted_linear_cost():
     rng = random.Random(99)
     for _ in range(50):
         shape = random_shape(rng)
-        assert model.predict_s(shape) == pytest.approx(planted_s(shape), rel=1e-3)
+        assert model.predict_s(shape) == pytest.approx(planted_s(shape), rel=0.01, abs=1e-3)
     assert model.prefill_s(0, 256) == pytest.approx(
-        PREFILL_S * 256 + KEY_S * num_attended(0, 256), rel=1e-3
+        PREFILL_S * 256 + KEY_S * num_attended(0, 256), rel=0.01
     )
 
 
@@ -80,6 +80,20 @@ def test_model_follows_a_machine_that_got_slower():
     assert model.predict_s(probe) == pytest.approx(2 * planted_s(probe), rel=0.05)
 
 
+def test_early_fit_does_not_extrapolate_one_noisy_tick_to_a_big_batch():
+    """Warm-up ticks, one full prefill tick, then a slow tick with two decoders: sixteen
+    decoders are not predicted to cost eight times two (the prior holds the per-token split)."""
+    model = TickCostModel()
+    ticks = [(TickShape.of([(0, 8)]), 0.025)]
+    ticks += [(TickShape.of([(8 + i, 1)]), 0.015) for i in range(3)]
+    ticks += [(TickShape.of([(0, 256), (0, 256)]), 0.545)]
+    ticks += [(TickShape.of([(256, 1)] * 2 + [(0, 23)]), 0.068)]
+    for shape, seconds in ticks:
+        model.observe(shape, seconds)
+    assert model.is_ready
+    assert model.predict_s(TickShape.decode([257] * 16)) < 0.06
+
+
 def test_unready_model_puts_no_limit():
     model = TickCostModel()
     shape = TickShape(4, 0, 1000)
@@ -91,14 +105,20 @@ def test_unready_model_puts_no_limit():
 
 
 def test_allowance_fits_the_target_and_grants_the_first_chunk_a_minimum():
-    cost = TickCost(target_ms=100, min_prefill_tokens=16, model=trained(noise=0.0))
+    model = trained(noise=0.0)
+    cost = TickCost(target_ms=100, min_prefill_tokens=16, model=model)
     decoders = [300] * 16
     allowance = cost.allowance(decoders, 16)
     assert allowance is not None
     n = allowance.take(0, 512)
     assert 0 < n < 512
     shape = TickShape.of([(299, 1)] * 16 + [(0, n)])
-    assert planted_s(shape) <= 0.1 < planted_s(TickShape.of([(299, 1)] * 16 + [(0, n + 1)]))
+    assert (
+        model.predict_s(shape)
+        <= 0.1
+        < model.predict_s(TickShape.of([(299, 1)] * 16 + [(0, n + 1)]))
+    )
+    assert planted_s(shape) == pytest.approx(0.1, rel=0.02)
     assert allowance.take(n, 512) == 0  # the tick is full: the next chunk waits
     tight = TickCost(target_ms=1, min_prefill_tokens=16, model=trained(noise=0.0))
     allowance = tight.allowance(decoders, 16)
@@ -112,7 +132,7 @@ def test_auto_target_is_a_multiple_of_the_decode_tick_heading_for_the_full_batch
     cost = TickCost(target_factor=2.5, model=model)
     # two decoders now, fourteen prompts queued: the target is that of sixteen decoders
     target = cost.target_s([300, 300], 16)
-    assert target == pytest.approx(2.5 * planted_s(TickShape(16, 0, 16 * 300)), rel=1e-3)
+    assert target == pytest.approx(2.5 * planted_s(TickShape(16, 0, 16 * 300)), rel=0.01)
 
 
 def stall_free_sim(target_ms: float | None, min_tokens=4, factor=2.5, **kwargs) -> Sim:
