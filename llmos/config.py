@@ -106,6 +106,29 @@ class KernelConfig(BaseModel):
         description="Finished processes needed before the first fit; until then the llmos "
         "policy orders by max_tokens and arrival.",
     )
+    stall_free: bool = Field(
+        True,
+        description="Size each tick's prefill share by a time target so decoding processes keep "
+        "flowing (stall-free ticks, after Sarathi-Serve); false = prefill chunks may fill the "
+        "whole token budget.",
+    )
+    tick_target_ms: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Target time of a tick that carries decoding processes, in ms; auto = "
+        "tick_target_factor x the learned cost of a decode-only tick at the running batch.",
+    )
+    tick_target_factor: float = Field(
+        2.5,
+        gt=1,
+        description="With tick_target_ms = auto: a tick with prefill costs at most this many "
+        "decode-only ticks.",
+    )
+    min_prefill_chunk: int = Field(
+        16,
+        ge=1,
+        description="Fewest prompt tokens a tick computes while a prompt waits, whatever the "
+        "time target, so a long prompt always progresses.",
+    )
     max_resident_models: int = Field(
         2,
         ge=1,

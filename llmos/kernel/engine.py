@@ -31,6 +31,7 @@ from llmos.kernel.sampler import Sampler
 from llmos.kernel.scheduler import Batch, Scheduler
 from llmos.kernel.stops import OutputTracker
 from llmos.kernel.swap import SwapSpace
+from llmos.kernel.tickcost import TickCost, TickShape
 from llmos.models.footprint import tensor_bytes
 from llmos.models.registry import CausalLM
 from llmos.ops.cpu import KVCache
@@ -57,6 +58,18 @@ def num_pool_blocks(config: Any, memory: MemoryConfig) -> int:
         config.num_layers, memory.block_size, config.num_kv_heads, config.head_dim
     )
     return max(1, memory.kv_cache_bytes // block_bytes)
+
+
+def tick_cost(kernel: KernelConfig) -> TickCost | None:
+    """The stall-free tick budget the config asks for (None: prefill fills the token budget)."""
+    if not kernel.stall_free:
+        return None
+    target = kernel.tick_target_ms
+    return TickCost(
+        target_ms=None if target == "auto" else float(target),
+        target_factor=kernel.tick_target_factor,
+        min_prefill_tokens=kernel.min_prefill_chunk,
+    )
 
 
 class Engine:
@@ -117,6 +130,7 @@ class Engine:
             max_num_seqs=kernel.max_num_seqs,
             policy=make_policy(kernel.policy, aging_window_s=kernel.aging_window_s),
             model=model_name,
+            tick_cost=tick_cost(kernel),
         )
         # Learns output lengths from this engine's finished processes (a server shares one
         # across its engines and stores the history: llmos.system).
@@ -276,12 +290,18 @@ class Engine:
     def _step(self) -> list[ProcessOutput]:
         with self._lock:
             outputs = self._drain_inbox()
+            start_s = time.perf_counter()
             batch = self.scheduler.schedule()
             self._counters["ticks"] += 1
             if batch.items:
                 try:
                     self._fault_point()
+                    shape = TickShape.of(
+                        (i.proc.num_computed_tokens, i.num_new_tokens) for i in batch.items
+                    )
                     outputs.extend(self._run_batch(batch))
+                    if self.scheduler.tick_cost is not None:
+                        self.scheduler.tick_cost.observe(shape, time.perf_counter() - start_s)
                 except Exception as exc:
                     # Only this batch's processes fail; the waiting ones and the pool are intact.
                     error = f"{type(exc).__name__}: {exc}"

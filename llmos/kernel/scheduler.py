@@ -21,6 +21,7 @@ from llmos.kernel.policy import SchedulingPolicy, holding_layer, make_policy
 from llmos.kernel.process import Process, ProcessState
 from llmos.kernel.reservation import Reservation, ReservationLedger
 from llmos.kernel.swap import SwapSpace
+from llmos.kernel.tickcost import PrefillAllowance, TickCost
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Scheduler:
         shares: Mapping[str, float] | None = None,
         reservations: Mapping[str, Reservation] | None = None,
         model: str = "model",
+        tick_cost: TickCost | None = None,
     ) -> None:
         self.pool = pool
         self.swap = swap
@@ -69,6 +71,8 @@ class Scheduler:
         self.set_shares(shares or {})
         self.ledger = ReservationLedger(pool.num_blocks, max_num_seqs)
         self.ledger.set(model, reservations or {})
+        self.tick_cost = tick_cost  # None: prefill chunks may fill the whole token budget
+        self._prefill: PrefillAllowance | None = None  # this tick's prefill share
         self._charged: dict[int, int] = {}  # pid -> tokens already charged to its owner
         self.waiting: list[Process] = []
         self.running: list[Process] = []
@@ -135,6 +139,7 @@ class Scheduler:
             self.ledger.begin(self.running, self.waiting + self.running + self.swapped)
         self._preempt_for_slot(batch)
         self._preempt_for_priority(batch)
+        self._prefill = self._prefill_allowance()
         budget = self._admit_reserved(batch, self.max_num_batched_tokens)
         num_preempted = len(batch.preempted)
         budget = self._schedule_running(batch, budget)
@@ -154,6 +159,8 @@ class Scheduler:
         while queue and budget > 0:
             proc = queue.pop(0)
             n = self._chunk(proc, budget)
+            if n == 0:
+                continue  # a prefill with no share of this tick's time: it waits a tick
             need = self.blocks_for(proc.num_computed_tokens + n) - len(proc.block_table)
             while not self._can_take(proc.owner, need):
                 victim = self._victim(queue, proc)
@@ -205,7 +212,7 @@ class Scheduler:
                 budget -= batch.items[-1].num_new_tokens
                 continue
             proc.wait_reason = reason
-            if reason not in ("token-budget", "slots"):  # those hold back every process alike
+            if reason not in ("token-budget", "slots", "tick-time"):  # these hold back all alike
                 blocked = proc
 
     def _queued_reason(self, proc: Process, budget: int, batch: Batch) -> str | None:
@@ -232,6 +239,8 @@ class Scheduler:
         self, proc: Process, budget: int, batch: Batch, *, is_reserved: bool = False
     ) -> str | None:
         n = self._chunk(proc, budget)
+        if n == 0:
+            return "tick-time"  # no share of this tick's time for its prefill: next tick
         need = self.blocks_for(proc.num_computed_tokens + n)
         extra = 0 if is_reserved else self.watermark_blocks
         if (reason := self._no_room(proc.owner, need, extra)) is not None:
@@ -254,7 +263,9 @@ class Scheduler:
         is_first = proc.first_scheduled_s is None and proc.num_preemptions == 0
         cached = self.pool.find_cached_prefix(proc.token_ids, namespace=proc.cache_namespace)
         num_cached_tokens = len(cached) * self.pool.block_size
-        n = min(proc.num_tokens - num_cached_tokens, budget)
+        n = self._chunk(proc, budget, start=num_cached_tokens)
+        if n == 0:
+            return "tick-time"  # no share of this tick's time for its prefill: next tick
         need = self.blocks_for(num_cached_tokens + n) - len(cached)
         num_cached_evictable = sum(1 for b in cached if self.pool.ref_count(b) == 0)
         extra = num_cached_evictable + (0 if is_reserved else self.watermark_blocks)
@@ -284,7 +295,7 @@ class Scheduler:
                 break
             if proc in batch.preempted or proc.owner not in self.ledger.reserved:
                 continue
-            n = self._chunk(proc, share)
+            n = min(proc.num_tokens - proc.num_computed_tokens, share)  # takes no tick time
             need = self.blocks_for(proc.num_computed_tokens + n if proc.is_swapped else n)
             if not self._reclaim(proc, need, batch):
                 continue
@@ -359,8 +370,21 @@ class Scheduler:
             self._preempt(victims.pop(0), batch)
 
     # ---- helpers -------------------------------------------------------------------------
-    def _chunk(self, proc: Process, budget: int) -> int:
-        return min(proc.num_tokens - proc.num_computed_tokens, budget)
+    def _prefill_allowance(self) -> PrefillAllowance | None:
+        """This tick's prefill share under a time target (stall-free ticks): none while
+        nothing decodes, so a prefill may then fill the whole token budget."""
+        if self.tick_cost is None:
+            return None
+        decoding = [p.num_tokens for p in self.running if p.num_tokens - p.num_computed_tokens == 1]
+        return self.tick_cost.allowance(decoding, min(self.max_num_seqs, self.num_unfinished))
+
+    def _chunk(self, proc: Process, budget: int, start: int | None = None) -> int:
+        """Tokens `proc` computes this tick from `start` (default: where it is); 0 = none."""
+        start = proc.num_computed_tokens if start is None else start
+        n = min(proc.num_tokens - start, budget)
+        if n > 1 and self._prefill is not None:
+            n = self._prefill.take(start, n)
+        return n
 
     def _run(self, proc: Process) -> None:
         proc.state = ProcessState.RUNNING

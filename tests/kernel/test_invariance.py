@@ -90,6 +90,27 @@ def test_batched_with_chunked_prefill_equals_alone(
     assert together == alone
 
 
+def test_stall_free_chunks_equal_alone(smollm2_files, smollm2_model, prompts, alone):
+    """Prefill chunks sized by a time target (odd sizes, beside decodes) change no token."""
+    from llmos.kernel.tickcost import TickCost
+    from tests.kernel.test_tickcost import trained
+
+    engine = _engine(smollm2_files, smollm2_model)
+    engine.scheduler.tick_cost = TickCost(target_ms=45, min_prefill_tokens=5, model=trained())
+    sizes = set()
+    schedule = engine.scheduler.schedule
+
+    def spy():  # type: ignore[no-untyped-def]
+        batch = schedule()
+        sizes.update(i.num_new_tokens for i in batch.items if i.num_new_tokens > 1)
+        return batch
+
+    engine.scheduler.schedule = spy  # type: ignore[method-assign]
+    together = [c.token_ids for c in LLM(engine=engine).generate(prompts, PARAMS)]
+    assert together == alone
+    assert len(sizes) > 3 and min(sizes) < 16  # the chunks really were cut by the target
+
+
 @each_policy
 @pytest.mark.parametrize("swap_blocks", [64, 0], ids=["swap", "recompute"])
 def test_preempted_equals_alone(smollm2_files, smollm2_model, prompts, alone, swap_blocks, policy):
