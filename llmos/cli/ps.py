@@ -7,6 +7,8 @@ import json
 import time
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 
 from llmos.cli.common import URL_HELP, connect, console
 from llmos.monitor.top import process_table
@@ -33,7 +35,11 @@ def ps(
     elif not processes:
         console.print("no live processes", markup=False, style="dim")
     else:
-        console.print(process_table(processes, now_s=time.time()))
+        table = process_table(processes, now_s=time.time())
+        # wider than the screen: let the terminal wrap the lines rather than cut columns off
+        need = Measurement.get(console, console.options.update(max_width=1000), table).minimum
+        wide = console if need <= console.width else Console(width=need, highlight=False)
+        wide.print(table)
 
 
 @app.command()

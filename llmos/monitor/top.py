@@ -56,42 +56,53 @@ def _scheduling(stats: dict[str, Any]) -> str:
     )
 
 
+# (header, process field): the identity columns keep their full text; numbers are short.
+_COLUMNS = (
+    ("PID", "pid"),
+    ("OWNER", "owner"),
+    ("MODEL", "model"),
+    ("PRIO", "priority"),
+    ("STATE", "state"),
+    ("IN", "num_prompt_tokens"),
+    ("OUT", "num_output_tokens"),
+    ("CACHE", "num_cached_tokens"),
+    ("PRE", "num_preemptions"),
+    ("AGE", ""),
+    ("TTFT", ""),
+    ("WAIT", ""),
+)
+_LEFT = ("OWNER", "MODEL", "PRIO", "STATE", "WAIT")
+
+
 def process_table(processes: list[dict[str, Any]], *, now_s: float | None = None) -> Table:
+    """PID, OWNER, MODEL, PRIO, STATE, IN/OUT/CACHE tokens, PRE(emptions), AGE, TTFT and WAIT
+    (why it is not running). Fits 80 columns for the usual rows; on a narrower screen the
+    WAIT text folds, and names and numbers are never cut."""
     now_s = time.time() if now_s is None else now_s
+    rows = [_row(p, now_s) for p in processes]
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in (
-        "PID",
-        "OWNER",
-        "MODEL",
-        "PRIO",
-        "STATE",
-        "PROMPT",
-        "OUT",
-        "CACHED",
-        "PREEMPT",
-        "AGE",
-        "TTFT",
-        "WAIT",
-    ):
-        justify = "left" if name in ("OWNER", "MODEL", "PRIO", "STATE", "WAIT") else "right"
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for p in processes:
-        ttft = p.get("first_token_s")
-        table.add_row(
-            str(p["pid"]),
-            str(p.get("owner", "")),
-            str(p.get("model", "")),
-            str(p.get("priority", "")),
-            str(p.get("state", "")),
-            str(p.get("num_prompt_tokens", 0)),
-            str(p.get("num_output_tokens", 0)),
-            str(p.get("num_cached_tokens", 0)),
-            str(p.get("num_preemptions", 0)),
-            f"{max(0.0, now_s - p.get('arrival_s', now_s)):.1f}s",
-            "-" if ttft is None else f"{(ttft - p['arrival_s']) * 1000:.0f}ms",
-            wait_text(p),
+    for i, (name, _) in enumerate(_COLUMNS):
+        table.add_column(
+            name,
+            justify="left" if name in _LEFT else "right",
+            no_wrap=name != "WAIT",
+            overflow="fold",
+            min_width=6 if name == "WAIT" else max([len(name), *(len(r[i]) for r in rows)]),
         )
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _row(p: dict[str, Any], now_s: float) -> list[str]:
+    ttft = p.get("first_token_s")
+    cells = [str(p.get(key, 0 if key.startswith("num_") else "")) for _, key in _COLUMNS[:9]]
+    return [
+        *cells,
+        f"{max(0.0, now_s - p.get('arrival_s', now_s)):.1f}s",
+        "-" if ttft is None else f"{(ttft - p['arrival_s']) * 1000:.0f}ms",
+        wait_text(p),
+    ]
 
 
 def wait_text(p: dict[str, Any]) -> str:

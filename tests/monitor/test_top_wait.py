@@ -22,3 +22,33 @@ def test_wait_column_names_the_reason() -> None:
     console.print(process_table([row(4, wait_reason="reserved")], now_s=1.0))
     text = console.export_text()
     assert "WAIT" in text and "reserved" in text
+
+
+def test_the_table_fits_80_columns_without_cutting_names_or_numbers() -> None:
+    usual = row(
+        156,
+        owner="local",
+        model="smollm2",
+        state="running",
+        num_prompt_tokens=33,
+        num_output_tokens=112,
+        num_cached_tokens=32,
+        first_token_s=0.037,
+        wait_reason=None,
+    )
+    console = Console(width=80, record=True)
+    console.print(process_table([usual], now_s=2.5))
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    assert lines[0].split() == [
+        "PID", "OWNER", "MODEL", "PRIO", "STATE", "IN", "OUT", "CACHE", "PRE", "AGE", "TTFT", "WAIT",
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "156", "local", "smollm2", "normal", "running", "33", "112", "32", "0", "2.5s", "37ms", "-",
+    ]  # fmt: skip
+    # a row too wide for the screen keeps its names whole (`llmos ps` then prints wider)
+    wide = row(7, model="gemma3-270m-instruct", priority="interactive", wait_reason="memory")
+    console = Console(width=60, record=True)
+    console.print(process_table([usual, wide | {"is_swapped": True}], now_s=2.5))
+    text = console.export_text()
+    assert "gemma3-270m-instruct" in text and "interactive" in text
